@@ -1,0 +1,1 @@
+"""DVC pipeline stages; each runs as `python -m stages.<name>`."""

