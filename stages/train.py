@@ -1,0 +1,303 @@
+"""Fine-tune a transformer classifier with focal loss, cosine LR, early stopping and SWA.
+
+Hugging Face `Trainer` does the loop: AdamW with decoupled weight decay, cosine schedule
+with warmup, evaluation every epoch, early stopping on validation loss with the best
+checkpoint restored. From `train.swa.start_epoch` the LR anneals to `train.swa.lr`
+(torch SWALR) and the weights are averaged at the end of every epoch
+(torch AveragedModel); the averaged model is evaluated on val too, and `train.swa.keep`
+picks which one is the stage's output. AMP on CUDA; fp32 and deterministic on CPU.
+
+Inputs:  data/augment/train.jsonl, data/prepare/{val.jsonl,labels.json},
+         data/alpha/alpha.json, models/tokenizer/
+Outputs: models/train/ (model, tokenizer, pipeline.json), metrics/train.json,
+         plots/train/history.{json,png}
+Params:  seed, model, loss, train
+Run:     python -m stages.train
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    EarlyStoppingCallback,
+    Trainer,
+    TrainingArguments,
+)
+
+from stages import common
+from stages.focal_loss import LossParams, focal_loss
+from stages.swa import SWACallback, SwaParams, build_lr_scheduler, evaluate_best_and_swa
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    name: str
+    max_length: int
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    max_epochs: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    warmup_ratio: float
+    early_stopping_patience: int
+    swa: SwaParams
+
+
+def build_model(tokenizer, meta: dict, model_params: ModelParams, labels: list[str], seed: int):
+    """Base model with a fresh head; embeddings resized (extend) or all weights random (scratch)."""
+    source = common.resolve_model_name(model_params.name)
+    label_kwargs = {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {lab: i for i, lab in enumerate(labels)},
+    }
+    torch.manual_seed(seed)  # the new head (and every weight in scratch mode) is random
+    if meta["mode"] == "scratch":
+        config = AutoConfig.from_pretrained(source, **label_kwargs)
+        config.vocab_size = len(tokenizer)
+        config.pad_token_id = tokenizer.pad_token_id
+        return AutoModelForSequenceClassification.from_config(config)
+    model = AutoModelForSequenceClassification.from_pretrained(source, **label_kwargs)
+    if meta["new_tokens"]:
+        model.resize_token_embeddings(len(tokenizer))
+        init_new_token_embeddings(model, tokenizer, meta["new_tokens"])
+    return model
+
+
+def init_new_token_embeddings(model, tokenizer, new_tokens: dict[str, list[int]]) -> None:
+    """Each added token's embedding row starts as the mean of the rows it used to split into."""
+    weight = model.get_input_embeddings().weight
+    with torch.no_grad():
+        for token, sub_ids in new_tokens.items():
+            weight[tokenizer.convert_tokens_to_ids(token)] = weight[sub_ids].mean(dim=0)
+
+
+class FocalTrainer(Trainer):
+    # Our loss is a per-batch mean, not normalised by num_items_in_batch: let the Trainer
+    # divide it by the gradient-accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, alpha: torch.Tensor, loss_params: LossParams, train_params: TrainParams, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.alpha, self.loss_params, self.train_params = alpha, loss_params, train_params
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        loss = focal_loss(
+            outputs.logits, inputs["labels"], self.alpha, self.loss_params.gamma, self.loss_params.label_smoothing
+        )
+        return (loss, outputs) if return_outputs else loss
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None:
+            steps_per_epoch = max(1, num_training_steps // self.train_params.max_epochs)
+            self.lr_scheduler = build_lr_scheduler(
+                optimizer or self.optimizer,
+                num_training_steps,
+                steps_per_epoch,
+                self.train_params.warmup_ratio,
+                self.train_params.swa,
+            )
+        return self.lr_scheduler
+
+
+def compute_metrics(eval_pred) -> dict[str, float]:
+    logits, labels = eval_pred
+    preds = np.asarray(logits).argmax(-1)
+    return {"accuracy": accuracy_score(labels, preds), "macro_f1": f1_score(labels, preds, average="macro")}
+
+
+def encode(rows: list[dict], tokenizer, label2id: dict[str, int], max_length: int):
+    from datasets import Dataset
+
+    data = Dataset.from_dict({"text": [r["text"] for r in rows], "labels": [label2id[r["label"]] for r in rows]})
+    return data.map(
+        lambda b: tokenizer(b["text"], truncation=True, max_length=max_length), batched=True, remove_columns=["text"]
+    )
+
+
+def training_args(out_dir: str, p: TrainParams, seed: int) -> TrainingArguments:
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=out_dir,
+        num_train_epochs=p.max_epochs,
+        per_device_train_batch_size=p.batch_size,
+        per_device_eval_batch_size=p.batch_size * 2,
+        learning_rate=p.learning_rate,
+        weight_decay=p.weight_decay,
+        warmup_steps=p.warmup_ratio,  # < 1 means a fraction of all steps (used by our scheduler too)
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        logging_strategy="epoch",
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        save_total_limit=1,
+        save_only_model=True,  # checkpoints live in a temp dir; the optimizer state is never needed
+        seed=seed,
+        data_seed=seed,
+        full_determinism=not cuda,  # deterministic kernels on CPU: same seed => same metrics
+        use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        fp16=cuda and not torch.cuda.is_bf16_supported(),
+        report_to="none",
+        dataloader_num_workers=0,
+    )
+
+
+def _val_metrics(m: dict) -> dict:
+    return {"val_loss": m["eval_loss"], "val_accuracy": m["eval_accuracy"], "val_macro_f1": m["eval_macro_f1"]}
+
+
+def history_from_logs(log_history: list[dict]) -> list[dict]:
+    """One row per epoch: train loss, val loss/accuracy/macro-F1 and the LR, from Trainer logs."""
+    rows: dict[int, dict] = {}
+    for entry in log_history:
+        if "epoch" not in entry:
+            continue
+        row = rows.setdefault(round(entry["epoch"]), {"epoch": round(entry["epoch"])})
+        if "loss" in entry:
+            row.update(train_loss=entry["loss"], learning_rate=entry["learning_rate"])
+        if "eval_loss" in entry:
+            row.update(_val_metrics(entry))
+    return [rows[e] for e in sorted(rows) if "val_loss" in rows[e] and "train_loss" in rows[e]]
+
+
+def save_history_plot(history: list[dict], path: Path) -> None:
+    """Static PNG of the curves (dvc plots' HTML needs a CDN, which offline users lack)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
+    ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="val loss")
+    ax_loss.set(xlabel="epoch", ylabel="focal loss", title="Loss")
+    ax_loss.legend()
+    ax_f1.plot(epochs, [h["val_macro_f1"] for h in history], "o-", color="tab:green")
+    ax_f1.set(xlabel="epoch", ylabel="macro-F1", title="Validation macro-F1", ylim=(0, 1))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def run(
+    seed: int,
+    model_params: ModelParams,
+    loss_params: LossParams,
+    train_params: TrainParams,
+    root: Path = common.ROOT,
+) -> dict:
+    common.seed_everything(seed)
+    labels = common.read_json(root / "data/prepare/labels.json")
+    alpha = load_alpha(root / "data/alpha/alpha.json", labels)
+    tokenizer = AutoTokenizer.from_pretrained(root / "models/tokenizer")
+    meta = common.read_json(root / "models/tokenizer/tokenizer_meta.json")
+    if meta["base_model"] != model_params.name:
+        raise ValueError(
+            f"models/tokenizer was built for model.name={meta['base_model']!r} but params.yaml has "
+            f"{model_params.name!r}: re-run the tokenizer stage (`dvc repro`)."
+        )
+    label2id = {lab: i for i, lab in enumerate(labels)}
+    train_ds = encode(common.read_jsonl(root / "data/augment/train.jsonl"), tokenizer, label2id, model_params.max_length)
+    val_ds = encode(common.read_jsonl(root / "data/prepare/val.jsonl"), tokenizer, label2id, model_params.max_length)
+    print(f"train {len(train_ds)} rows, val {len(val_ds)} rows, {len(labels)} classes, vocab {len(tokenizer)}")
+    model = build_model(tokenizer, meta, model_params, labels, seed)
+    swa_cb = SWACallback(train_params.swa.start_epoch) if train_params.swa.enabled else None
+    early = EarlyStoppingCallback(early_stopping_patience=train_params.early_stopping_patience)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="train-ckpt-") as ckpt_dir:
+        trainer = FocalTrainer(
+            model=model,
+            args=training_args(ckpt_dir, train_params, seed),
+            train_dataset=train_ds,
+            eval_dataset=val_ds,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=compute_metrics,
+            callbacks=[early] + ([swa_cb] if swa_cb else []),
+            alpha=alpha,
+            loss_params=loss_params,
+            train_params=train_params,
+        )
+        trainer.train()
+        best, swa, kept = evaluate_best_and_swa(trainer, swa_cb, train_params.swa.keep)
+        best, swa = _val_metrics(best), swa and _val_metrics(swa)
+    history = history_from_logs(trainer.state.log_history)
+    epochs_run = len(history)
+    metrics = {
+        "best": {**best, "epoch": _best_epoch(history)},
+        "swa": swa and {**swa, "snapshots": swa_cb.snapshots},
+        "kept": kept,
+        "epochs_run": epochs_run,
+        "stop_reason": "early_stopping" if epochs_run < train_params.max_epochs else "max_epochs",
+        "n_train": len(train_ds),
+        "n_val": len(val_ds),
+        "device": str(trainer.args.device),
+        "wall_time_s": round(time.perf_counter() - start, 1),
+    }
+    save_outputs(root, trainer, tokenizer, labels, seed, model_params, loss_params, train_params, kept, metrics, history)
+    return metrics
+
+
+def _best_epoch(history: list[dict]) -> int:
+    return min(history, key=lambda h: h["val_loss"])["epoch"]
+
+
+def load_alpha(path: Path, labels: list[str]) -> torch.Tensor:
+    saved = common.read_json(path)
+    if saved["labels"] != labels:
+        raise ValueError(f"{path} was computed for labels {saved['labels']}, not {labels}: re-run `dvc repro`.")
+    return torch.tensor(saved["alpha"], dtype=torch.float32)
+
+
+def save_outputs(root, trainer, tokenizer, labels, seed, model_params, loss_params, train_params, kept, metrics, history):
+    pipeline = {
+        "seed": seed,
+        "labels": labels,
+        "model": common.as_dict(model_params),
+        "loss": common.as_dict(loss_params),
+        "train": common.as_dict(train_params),
+        "kept": kept,
+    }
+    with common.atomic_dir(root / "models/train") as tmp:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        common.write_json(tmp / "pipeline.json", pipeline)
+    common.write_json(root / "plots/train/history.json", history)
+    save_history_plot(history, root / "plots/train/history.png")
+    common.write_json(root / "metrics/train.json", metrics)
+    print(json.dumps(metrics, indent=2))
+
+
+def main() -> None:
+    run(
+        common.load_seed(),
+        common.load_section(ModelParams, "model"),
+        common.load_section(LossParams, "loss"),
+        common.load_section(TrainParams, "train"),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+import json
+
+import pytest
+
+from stages import common
+from stages.alpha import AlphaParams, class_counts, compute_alpha, run
+
+
+def test_inverse_maps_counts_to_reference_weights():
+    got = compute_alpha([400, 100, 370, 140], "inverse")
+    assert got == pytest.approx([0.11, 0.45, 0.12, 0.32], abs=0.01)
+    assert sum(got) == pytest.approx(1.0)
+
+
+def test_effective_number_interpolates_between_uniform_and_inverse():
+    counts = [400, 100, 370, 140]
+    assert compute_alpha(counts, "effective_number", beta=0.0) == pytest.approx([0.25] * 4)
+    near_inverse = compute_alpha(counts, "effective_number", beta=0.999999)
+    assert near_inverse == pytest.approx(compute_alpha(counts, "inverse"), abs=1e-3)
+    mid = compute_alpha(counts, "effective_number", beta=0.99)
+    assert mid[1] > mid[3] > mid[2] > mid[0]  # rarer class => larger weight
+
+
+def test_none_is_all_ones():
+    assert compute_alpha([5, 50], "none") == [1.0, 1.0]
+
+
+def test_zero_count_class_is_rejected():
+    with pytest.raises(ValueError, match="at least one"):
+        compute_alpha([10, 0], "inverse")
+
+
+def test_class_counts_follow_label_order_and_reject_unknown():
+    rows = [{"label": "b"}, {"label": "a"}, {"label": "b"}]
+    assert class_counts(rows, ["a", "b"]) == [1, 2]
+    with pytest.raises(ValueError, match="missing from labels.json"):
+        class_counts(rows + [{"label": "z"}], ["a", "b"])
+
+
+def test_unknown_params_key_is_rejected():
+    with pytest.raises(common.ParamsError, match="betta"):
+        common.parse_params(AlphaParams, {"method": "inverse", "beta": 0.9, "betta": 1}, "alpha")
+
+
+def test_run_writes_alpha_and_metrics(tmp_path):
+    train = tmp_path / "train.jsonl"
+    common.write_jsonl(train, [{"id": str(i), "text": "x", "label": lab} for i, lab in enumerate("aaab")])
+    labels = tmp_path / "labels.json"
+    common.write_json(labels, ["a", "b"])
+    run(AlphaParams("inverse", 0.999), train, labels, tmp_path / "alpha", tmp_path / "m.json")
+    saved = json.loads((tmp_path / "alpha" / "alpha.json").read_text())
+    assert saved["labels"] == ["a", "b"] and saved["alpha"] == pytest.approx([0.25, 0.75])
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["per_class"]["b"]["count"] == 1

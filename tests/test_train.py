@@ -1,0 +1,153 @@
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from stages import common
+from stages.focal_loss import LossParams
+from stages.swa import SWACallback, SwaParams, build_lr_scheduler, evaluate_best_and_swa
+from stages.train import ModelParams, TrainParams, history_from_logs, init_new_token_embeddings, run
+from tiny_bert import build_tiny_bert
+
+LABELS = ["neg", "neu", "pos"]
+WORDS = {"neg": "awful pain nausea terrible", "neu": "okay average mild fine", "pos": "great relief wonderful helped"}
+
+
+def _rows(n_per_class: int, prefix: str) -> list[dict]:
+    return [
+        {"id": f"{prefix}-{lab}-{i}", "text": f"{WORDS[lab]} {'very ' * (i % 3)}case {i}", "label": lab}
+        for lab in LABELS
+        for i in range(n_per_class)
+    ]
+
+
+@pytest.fixture
+def tiny_root(tmp_path):
+    """A repo-shaped dir with what the train stage reads, around a tiny local BERT."""
+    corpus = [r["text"] for r in _rows(8, "x")]
+    base = build_tiny_bert(tmp_path / "base", corpus, num_labels=3)
+    common.write_json(tmp_path / "data/prepare/labels.json", LABELS)
+    common.write_jsonl(tmp_path / "data/prepare/val.jsonl", _rows(4, "val"))
+    common.write_jsonl(tmp_path / "data/augment/train.jsonl", _rows(8, "train"))
+    common.write_json(tmp_path / "data/alpha/alpha.json", {"labels": LABELS, "alpha": [0.3, 0.4, 0.3]})
+    AutoTokenizer.from_pretrained(base).save_pretrained(tmp_path / "models/tokenizer")
+    meta = {"mode": "extend", "base_model": str(base), "new_tokens": {}}
+    common.write_json(tmp_path / "models/tokenizer/tokenizer_meta.json", meta)
+    return tmp_path
+
+
+def _params(root, **train_overrides):
+    swa = SwaParams(enabled=True, start_epoch=2, lr=1e-3, keep="swa")
+    train = dict(
+        max_epochs=3, batch_size=8, learning_rate=5e-3, weight_decay=0.01, warmup_ratio=0.1,
+        early_stopping_patience=3, swa=swa,
+    )
+    train.update(train_overrides)
+    return 7, ModelParams(str(root / "base"), 32), LossParams(2.0, 0.1), TrainParams(**train)
+
+
+def test_run_saves_swa_model_metrics_and_history(tiny_root):
+    metrics = run(*_params(tiny_root), root=tiny_root)
+    assert metrics["kept"] == "swa" and metrics["swa"]["snapshots"] == 2  # epochs 2 and 3
+    assert metrics["epochs_run"] == 3 and metrics["stop_reason"] == "max_epochs"
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_root / "models/train")
+    assert model.config.id2label == dict(enumerate(LABELS))
+    pipeline = json.loads((tiny_root / "models/train/pipeline.json").read_text())
+    assert pipeline["seed"] == 7 and pipeline["train"]["swa"]["keep"] == "swa" and pipeline["labels"] == LABELS
+    history = json.loads((tiny_root / "plots/train/history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert {"train_loss", "val_loss", "val_macro_f1", "learning_rate"} <= set(history[0])
+    assert (tiny_root / "plots/train/history.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list((tiny_root / "models").glob("**/checkpoint-*"))  # checkpoints never land in outs
+
+
+def test_same_seed_gives_same_metrics_on_cpu(tiny_root):
+    first = run(*_params(tiny_root), root=tiny_root)
+    second = run(*_params(tiny_root), root=tiny_root)
+    for key in ("best", "swa"):
+        assert first[key] == second[key]
+
+
+def test_early_stopping_on_flat_validation_loss(tiny_root):
+    # lr=0 (and no SWA LR) keeps the val loss constant, so no epoch improves on the first.
+    no_swa = SwaParams(enabled=False, start_epoch=2, lr=1e-3, keep="best")
+    params = _params(tiny_root, learning_rate=0.0, max_epochs=6, early_stopping_patience=2, swa=no_swa)
+    metrics = run(*params, root=tiny_root)
+    assert metrics["epochs_run"] == 3 and metrics["stop_reason"] == "early_stopping"
+    assert metrics["swa"] is None and metrics["kept"] == "best"
+
+
+def test_swa_average_equals_mean_of_snapshot_weights():
+    model = torch.nn.Linear(3, 2)
+    callback = SWACallback(start_epoch=2)
+    snapshots = []
+    for epoch in (1, 2, 3, 4):
+        with torch.no_grad():
+            model.weight.normal_()
+        snapshots.append(model.weight.detach().clone())
+        callback.on_epoch_end(None, SimpleNamespace(epoch=float(epoch)), None, model=model)
+    assert callback.snapshots == 3
+    want = torch.stack(snapshots[1:]).mean(0)
+    torch.testing.assert_close(callback.averaged.module.weight, want)
+
+
+def test_keep_decides_which_weights_stay_loaded():
+    class FakeTrainer:  # evaluate() reports a loss equal to the single weight
+        model = torch.nn.Linear(1, 1, bias=False)
+
+        def evaluate(self):
+            return {"eval_loss": self.model.weight.item()}
+
+    trainer = FakeTrainer()
+    callback = SWACallback(start_epoch=1)
+    for w in (4.0, 2.0):
+        trainer.model.weight.data.fill_(w)
+        callback.update(trainer.model)
+    trainer.model.weight.data.fill_(1.0)  # the restored "best" model
+    best, swa, kept = evaluate_best_and_swa(trainer, callback, keep="auto")
+    assert (best["eval_loss"], swa["eval_loss"], kept) == (1.0, 3.0, "best")
+    assert trainer.model.weight.item() == 1.0
+    _, _, kept = evaluate_best_and_swa(trainer, callback, keep="swa")
+    assert kept == "swa" and trainer.model.weight.item() == 3.0
+
+
+def test_lr_cosine_then_constant_swa_lr():
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    swa = SwaParams(enabled=True, start_epoch=3, lr=0.1, keep="swa")
+    sched = build_lr_scheduler(opt, total_steps=40, steps_per_epoch=8, warmup_ratio=0.1, swa=swa)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0.0 and lrs[4] == pytest.approx(1.0)  # linear warmup over 4 steps
+    assert all(a >= b for a, b in zip(lrs[4:16], lrs[5:16]))  # cosine decay before SWA
+    assert lrs[24:] == pytest.approx([0.1] * 16)  # annealed to swa.lr within epoch 3, then flat
+
+
+def test_new_token_embeddings_start_as_subtoken_mean(tmp_path):
+    base = build_tiny_bert(tmp_path / "base", ["alpha beta"], num_labels=2)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForSequenceClassification.from_pretrained(base)
+    sub_ids = tokenizer("zolpidem", add_special_tokens=False)["input_ids"]
+    assert len(sub_ids) > 1
+    tokenizer.add_tokens(["zolpidem"])
+    model.resize_token_embeddings(len(tokenizer))
+    init_new_token_embeddings(model, tokenizer, {"zolpidem": sub_ids})
+    weight = model.get_input_embeddings().weight
+    torch.testing.assert_close(weight[tokenizer.convert_tokens_to_ids("zolpidem")], weight[sub_ids].mean(0))
+
+
+def test_history_merges_train_and_eval_logs_per_epoch():
+    logs = [
+        {"loss": 1.0, "learning_rate": 0.1, "epoch": 1.0},
+        {"eval_loss": 0.9, "eval_accuracy": 0.5, "eval_macro_f1": 0.4, "epoch": 1.0},
+        {"loss": 0.5, "learning_rate": 0.05, "epoch": 2.0},
+        {"eval_loss": 0.8, "eval_accuracy": 0.6, "eval_macro_f1": 0.5, "epoch": 2.0},
+        {"train_runtime": 3.0, "epoch": 2.0},
+    ]
+    history = history_from_logs(logs)
+    assert [h["epoch"] for h in history] == [1, 2] and history[1]["val_loss"] == 0.8
+    assert history[0]["train_loss"] == 1.0 and history[0]["learning_rate"] == 0.1
