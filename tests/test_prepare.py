@@ -1,0 +1,274 @@
+"""Tests for stages/prepare.py: cleaning, dedupe, leak removal, stratified splits, input errors, run()."""
+
+import csv
+import dataclasses
+import hashlib
+import json
+from collections import Counter
+
+import pytest
+
+from stages.common import PARAMS_FILE, ParamsError, parse_params, read_jsonl, read_params
+from stages.prepare import (
+    DataError,
+    DataParams,
+    check_classes,
+    clean_rows,
+    clean_text,
+    drop_leaks,
+    load_bbcnews,
+    load_drugreview,
+    load_source,
+    make_splits,
+    read_table,
+    run,
+    stratified_split,
+)
+
+
+def rows_of(labels, prefix="train"):
+    return [{"id": f"{prefix}-{i:06d}", "text": f"text number {i}", "label": y} for i, y in enumerate(labels)]
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+# ---- cleaning, dedupe, leaks -------------------------------------------------------------
+
+
+def test_clean_text_unescapes_html_and_collapses_whitespace():
+    assert clean_text("  I&#039;m  fine &amp;\n\tok  ") == "I'm fine & ok"
+    assert clean_text(" &nbsp; \n") == ""
+
+
+def test_clean_rows_drops_empty_duplicates_and_conflicts_keeping_first():
+    rows = [
+        {"id": "a", "text": "Good  drug", "label": "pos"},
+        {"id": "b", "text": "   ", "label": "pos"},
+        {"id": "c", "text": "Good drug", "label": "pos"},  # duplicate after whitespace collapse
+        {"id": "d", "text": "Good drug ", "label": "neg"},  # same text, other label: a conflict
+        {"id": "e", "text": "Bad drug", "label": "neg"},
+    ]
+    kept, dropped = clean_rows(rows)
+    assert [(r["id"], r["text"], r["label"]) for r in kept] == [
+        ("a", "Good drug", "pos"), ("e", "Bad drug", "neg")]
+    assert dropped == Counter(empty=1, duplicates=1, label_conflicts=1)
+
+
+def test_drop_leaks_removes_train_rows_whose_text_is_in_test():
+    train = rows_of(["a", "b", "a"])
+    test = [{"id": "test-000000", "text": "text number 1", "label": "a"}]
+    kept, leaks = drop_leaks(train, test)
+    assert [r["id"] for r in kept] == ["train-000000", "train-000002"]
+    assert leaks == 1
+
+
+def test_make_splits_with_test_file_drops_leaks_from_train_only():
+    train = rows_of(["a", "b"] * 20)
+    test = [{"id": "test-000000", "text": "text number 3", "label": "b"},
+            {"id": "test-000001", "text": "text number 3", "label": "b"},
+            {"id": "test-000002", "text": "", "label": "a"}]
+    splits, dropped = make_splits(train, test, DataParams(source="x.csv"), seed=0)
+    assert [r["id"] for r in splits["test"]] == ["test-000000"]
+    assert "train-000003" not in {r["id"] for r in splits["train"] + splits["val"]}
+    assert len(splits["train"]) + len(splits["val"]) == 39
+    assert dropped == Counter(cross_split_leaks=1, duplicates=1, empty=1)
+
+
+# ---- stratified splits -------------------------------------------------------------------
+
+
+def test_stratified_split_keeps_class_proportions_and_source_order():
+    rows = rows_of(["a"] * 100 + ["b"] * 50)
+    rest, held = stratified_split(rows, 0.2, seed=1, what="test")
+    assert Counter(r["label"] for r in held) == {"a": 20, "b": 10}
+    assert Counter(r["label"] for r in rest) == {"a": 80, "b": 40}
+    assert sorted(r["id"] for r in rest + held) == [r["id"] for r in rows]
+    assert [r["id"] for r in held] == sorted(r["id"] for r in held)
+
+
+def test_stratified_split_is_deterministic_per_seed():
+    rows = rows_of(["a", "b", "c"] * 30)
+    ids = lambda seed: [r["id"] for r in stratified_split(rows, 0.3, seed, "test")[1]]  # noqa: E731
+    assert ids(7) == ids(7)
+    assert ids(7) != ids(8)
+
+
+def test_make_splits_without_test_file_gives_disjoint_stratified_splits():
+    rows = rows_of(["a"] * 60 + ["b"] * 40) + rows_of(["a"], prefix="dup")  # "dup" repeats text 0
+    params = DataParams(source="x.csv", test_fraction=0.2, val_fraction=0.25)
+    splits, dropped = make_splits(rows, None, params, seed=3)
+    texts = {name: {r["text"] for r in split} for name, split in splits.items()}
+    assert not texts["train"] & texts["val"] and not texts["train"] & texts["test"]
+    assert not texts["val"] & texts["test"]
+    assert {n: Counter(r["label"] for r in s) for n, s in splits.items()} == {
+        "train": {"a": 36, "b": 24}, "val": {"a": 12, "b": 8}, "test": {"a": 12, "b": 8}}
+    assert dropped == Counter(duplicates=1)
+
+
+def test_stratified_split_too_small_class_names_counts():
+    with pytest.raises(DataError, match=r"validation split.*'b': 1"):
+        stratified_split(rows_of(["a"] * 10 + ["b"]), 0.2, seed=0, what="validation")
+
+
+# ---- input validation --------------------------------------------------------------------
+
+
+def test_params_dataclass_mirrors_params_yaml_data_section():
+    raw = read_params(PARAMS_FILE)["data"]
+    assert [f.name for f in dataclasses.fields(DataParams)] == list(raw)
+    assert parse_params(DataParams, raw, "data") == DataParams(**raw)
+
+
+@pytest.mark.parametrize("change", [{"val_fraction": 0.0}, {"test_fraction": 1.0}, {"min_class_count": 1}])
+def test_params_out_of_range_are_rejected(change):
+    with pytest.raises(ParamsError, match=next(iter(change))):
+        DataParams(**change)
+
+
+def test_missing_file_error_names_path(tmp_path):
+    with pytest.raises(DataError, match="not found: .*nope.csv"):
+        read_table(tmp_path / "nope.csv", "text", "label", "train")
+
+
+def test_unknown_extension_is_rejected(tmp_path):
+    path = tmp_path / "data.txt"
+    path.write_text("text,label\n")
+    with pytest.raises(DataError, match=r"data.txt: unknown file type '.txt'"):
+        read_table(path, "text", "label", "train")
+
+
+def test_csv_missing_column_names_file_column_and_existing_columns(tmp_path):
+    path = write_csv(tmp_path / "reviews.csv", ["review", "label"], [["ok", "pos"]])
+    with pytest.raises(DataError) as err:
+        read_table(path, "text", "label", "train")
+    message = str(err.value)
+    assert "reviews.csv" in message and "'text'" in message and "['review', 'label']" in message
+    assert "data.text_column" in message
+
+
+def test_jsonl_missing_column_names_line(tmp_path):
+    path = write_lines(tmp_path / "d.jsonl", ['{"text": "a", "label": "x"}', '{"text": "b", "y": "x"}'])
+    message = r"d.jsonl: line 2 has no column 'label'; columns found: \['text', 'y'\]"
+    with pytest.raises(DataError, match=message):
+        read_table(path, "text", "label", "train")
+
+
+def test_read_table_strips_labels_and_ids_rows_by_position(tmp_path):
+    lines = ['{"text": "a", "label": " pos "}', "", '{"text": null, "label": "neg"}']
+    path = write_lines(tmp_path / "d.jsonl", lines)
+    assert read_table(path, "text", "label", "test") == [
+        {"id": "test-000000", "text": "a", "label": "pos"}, {"id": "test-000001", "text": "", "label": "neg"}]
+
+
+def test_csv_empty_label_names_row(tmp_path):
+    path = write_csv(tmp_path / "d.csv", ["text", "label"], [["a", "x"], ["b", "x"], ["c", " "]])
+    with pytest.raises(DataError, match=r"d.csv: row 4 \(the header is row 1\): label"):
+        read_table(path, "text", "label", "train")
+
+
+def test_jsonl_non_string_label_names_line(tmp_path):
+    path = write_lines(tmp_path / "d.jsonl", ['{"text": "a", "label": "x"}', "", '{"text": "b", "label": 1}'])
+    with pytest.raises(DataError, match=r"d.jsonl: line 3: label 1 must be a non-empty string"):
+        read_table(path, "text", "label", "train")
+
+
+def test_jsonl_unparseable_line_names_line(tmp_path):
+    path = write_lines(tmp_path / "d.jsonl", ['{"text": "a", "label": "x"}', '{"text": "b", "label": '])
+    with pytest.raises(DataError, match=r"d.jsonl: line 2 is not valid JSON"):
+        read_table(path, "text", "label", "train")
+
+
+def test_fewer_than_two_classes_is_rejected():
+    with pytest.raises(DataError, match=r"at least 2 classes.*\['a'\]"):
+        check_classes(rows_of(["a"] * 5), [], min_count=2)
+
+
+def test_rare_class_error_names_class_and_count():
+    with pytest.raises(DataError, match=r"min_class_count=4.*'b' \(3 rows\)"):
+        check_classes(rows_of(["a"] * 10 + ["b"] * 3), [], min_count=4)
+
+
+def test_test_label_unseen_in_train_is_rejected():
+    test = rows_of(["a", "c"], prefix="test")
+    with pytest.raises(DataError, match=r"\['c'\] never occur in train.*test-000001"):
+        check_classes(rows_of(["a", "b"] * 3), test, min_count=2)
+
+
+def test_test_path_with_bundled_source_is_rejected():
+    with pytest.raises(DataError, match="test_path is only for your own file"):
+        load_source(DataParams(source="drugreview", test_path="x.csv"))
+
+
+def test_bad_input_writes_nothing(tmp_path):
+    path = write_csv(tmp_path / "d.csv", ["text", "label"], [[f"t{i}", "only"] for i in range(20)])
+    out, metrics = tmp_path / "out" / "prepare", tmp_path / "metrics.json"
+    with pytest.raises(DataError):
+        run(DataParams(source=str(path)), 0, out, metrics)
+    assert not (tmp_path / "out").exists() and not metrics.exists()  # not even a temp dir
+
+
+# ---- smoke runs --------------------------------------------------------------------------
+
+
+def test_run_on_csv_writes_stratified_splits_and_metrics(tmp_path):
+    rows = [[f"review {i} &amp; more", "bad" if i % 3 == 0 else "good"] for i in range(60)]
+    rows.append(["review 1 & more", "bad"])  # same text as row 1 once unescaped, other label
+    path = write_csv(tmp_path / "mine.csv", ["body", "stars"], rows)
+    out, metrics_path = tmp_path / "prepare", tmp_path / "metrics" / "prepare.json"
+    params = DataParams(source=str(path), text_column="body", label_column="stars")
+    metrics = run(params, 42, out, metrics_path)
+    splits = {name: read_jsonl(out / f"{name}.jsonl") for name in ("train", "val", "test")}
+    assert json.loads((out / "labels.json").read_text()) == ["bad", "good"]
+    assert {n: len(s) for n, s in splits.items()} == metrics["totals"] == {"train": 40, "val": 8, "test": 12}
+    assert metrics["test"] == {"bad": 4, "good": 8}
+    assert metrics["dropped"] == {"empty": 0, "duplicates": 0, "label_conflicts": 1, "cross_split_leaks": 0}
+    assert metrics["sha256"] == {str(path): hashlib.sha256(b"mine.csv\0" + path.read_bytes()).hexdigest()}
+    all_rows = [r for s in splits.values() for r in s]
+    assert sorted(r["id"] for r in all_rows) == [f"train-{i:06d}" for i in range(60)]
+    assert {"id": "train-000001", "text": "review 1 & more", "label": "good"} in all_rows
+    assert json.loads(metrics_path.read_text()) == metrics
+
+
+def test_run_on_jsonl_with_test_file_keeps_test_and_drops_leaks(tmp_path):
+    train = [json.dumps({"text": f"doc {i}", "label": "xy"[i % 2]}) for i in range(30)]
+    test = [json.dumps({"text": f"doc {i}", "label": "xy"[i % 2]}) for i in (0, 1, 100, 101)]
+    train_path = write_lines(tmp_path / "tr.jsonl", train)
+    test_path = write_lines(tmp_path / "te.jsonl", test)
+    out = tmp_path / "prepare"
+    metrics = run(DataParams(source=str(train_path), test_path=str(test_path)), 0, out, tmp_path / "m.json")
+    test_rows = read_jsonl(out / "test.jsonl")
+    assert [r["id"] for r in test_rows] == [f"test-{i:06d}" for i in range(4)]
+    assert metrics["totals"]["train"] + metrics["totals"]["val"] == 28
+    assert metrics["dropped"]["cross_split_leaks"] == 2
+    assert set(metrics["sha256"]) == {str(train_path), str(test_path)}
+
+
+# ---- bundled sources (local package data, fast) ------------------------------------------
+
+
+def test_drugreview_loader_returns_official_splits_with_three_labels():
+    train, test, hashes = load_drugreview()
+    assert (len(train), len(test)) == (600, 379)
+    assert Counter(r["label"] for r in train) == {"positive": 385, "negative": 161, "neutral": 54}
+    assert {r["label"] for r in test} == {"positive", "negative", "neutral"}
+    assert train[0]["id"] == "train-000000" and test[-1]["id"] == "test-000378"
+    assert not any(r["text"].startswith('"') and r["text"].endswith('"') for r in train)
+    assert list(hashes) == ["drugreview"]
+
+
+def test_bbcnews_loader_reads_every_article_with_five_labels():
+    rows, test, _ = load_bbcnews()
+    assert test is None and len(rows) == 2225
+    assert Counter(r["label"] for r in rows)["business"] == 510
+    assert len({r["label"] for r in rows}) == 5 and len({r["id"] for r in rows}) == 2225
