@@ -1,0 +1,186 @@
+"""Score the trained classifier on the held-out test split: quality, calibration, plots.
+
+Inputs:  models/train/ (HF model + tokenizer + pipeline.json), data/prepare/test.jsonl,
+         data/prepare/labels.json
+Outputs: metrics/evaluate.json (accuracy, macro/weighted F1, per-class P/R/F1, ECE, CE loss),
+         plots/evaluate/predictions.csv (dvc confusion plot), calibration.json (reliability
+         diagram), confusion.png (static image: `dvc plots show` HTML needs a CDN to render)
+Params:  evaluate (batch_size, ece_bins)
+Run:     python -m stages.evaluate
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stages.common import ROOT, ParamsError, load_section, read_json, read_jsonl, write_json, write_text
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    batch_size: int  # inference only: memory, not results, depends on it
+    ece_bins: int  # equal-width confidence bins for the expected calibration error
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "ece_bins"):
+            if getattr(self, name) < 1:
+                raise ParamsError(f"evaluate.{name} must be >= 1, got {getattr(self, name)}")
+
+
+def load_split(path: Path, labels: list[str]) -> tuple[list[str], list[str], np.ndarray]:
+    """Ids, texts and class ids of a prepare-format jsonl file; unknown labels fail by row."""
+    rows = read_jsonl(path)
+    if not rows:
+        raise ValueError(f"{path}: no rows; re-run the prepare stage")
+    index = {label: i for i, label in enumerate(labels)}
+    for n, row in enumerate(rows, 1):
+        missing = {"id", "text", "label"} - set(row)
+        if missing:
+            raise ValueError(f"{path}: row {n} lacks key(s) {sorted(missing)}")
+        if row["label"] not in index:
+            raise ValueError(f"{path}: row {n} has label {row['label']!r}, not in {labels}")
+    return [str(r["id"]) for r in rows], [r["text"] for r in rows], np.array([index[r["label"]] for r in rows])
+
+
+def predict_proba(model_dir: Path, texts: list[str], n_labels: int, max_length: int, batch_size: int) -> np.ndarray:
+    """Class probabilities (n, k), float64 softmax of fp32 logits, CUDA when available."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(device).eval()
+    if model.config.num_labels != n_labels:
+        raise ValueError(f"{model_dir}: model has {model.config.num_labels} classes, labels.json has {n_labels}")
+    # Batch texts of similar length together: less padding, same logits (attention mask).
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    logits = np.empty((len(texts), n_labels), dtype=np.float32)
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(texts), batch_size), desc="evaluate", unit="batch"):
+            idx = order[start : start + batch_size]
+            enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length,
+                            padding=True, return_tensors="pt").to(device)
+            logits[idx] = model(**enc).logits.float().cpu().numpy()
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    return np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+
+
+def calibration_bins(probs: np.ndarray, y: np.ndarray, n_bins: int) -> list[dict]:
+    """Reliability diagram: mean max-prob confidence, accuracy and count per non-empty bin.
+
+    Bins are equal-width over [0, 1], bin b = (b/n, (b+1)/n] (Guo et al. 2017).
+    """
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.searchsorted(edges[1:-1], confidence, side="left")
+    return [
+        {"confidence": float(confidence[which == b].mean()), "accuracy": float(correct[which == b].mean()),
+         "count": int((which == b).sum())}
+        for b in range(n_bins) if (which == b).any()
+    ]
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int) -> float:
+    """ECE = sum over bins of (bin size / n) * |bin accuracy - bin mean confidence|."""
+    bins = calibration_bins(probs, y, n_bins)
+    return float(sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in bins) / len(y))
+
+
+def classification_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str], ece_bins: int) -> dict:
+    """Accuracy, F1s, per-class P/R/F1/support, ECE and cross-entropy of predictions `probs`."""
+    from sklearn.metrics import accuracy_score, f1_score, log_loss, precision_recall_fscore_support
+
+    classes = list(range(len(labels)))
+    pred = probs.argmax(axis=1)
+    p, r, f, s = precision_recall_fscore_support(y, pred, labels=classes, zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(y, pred)),
+        "macro_f1": float(f1_score(y, pred, labels=classes, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y, pred, labels=classes, average="weighted", zero_division=0)),
+        "per_class": {
+            label: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, label in enumerate(labels)
+        },
+        "ece": expected_calibration_error(probs, y, ece_bins),
+        "ce_loss": float(log_loss(y, probs, labels=classes)),
+        "n_test": int(len(y)),
+    }
+
+
+def predictions_csv(ids: list[str], y: np.ndarray, probs: np.ndarray, labels: list[str]) -> str:
+    """CSV text with columns id, actual, predicted, confidence (label names, not ids)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", "actual", "predicted", "confidence"])
+    for i, row_id in enumerate(ids):
+        k = int(probs[i].argmax())
+        writer.writerow([row_id, labels[y[i]], labels[k], f"{probs[i, k]:.6f}"])
+    return buf.getvalue()
+
+
+def save_confusion_png(path: Path, y: np.ndarray, pred: np.ndarray, labels: list[str]) -> None:
+    """Annotated confusion-matrix image, written atomically (temp file, then rename)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on CI or in `dvc repro`
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
+
+    cm = confusion_matrix(y, pred, labels=list(range(len(labels))))
+    size = 2.5 + 0.6 * len(labels)
+    fig, ax = plt.subplots(figsize=(size, size), dpi=100)
+    ConfusionMatrixDisplay(cm, display_labels=labels).plot(ax=ax, values_format="d", colorbar=False,
+                                                             cmap="Blues", xticks_rotation=45)
+    ax.set_title(f"Test confusion matrix (n={len(y)})")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+
+
+def run(params: EvaluateParams, model_dir: Path = ROOT / "models/train", data_dir: Path = ROOT / "data/prepare",
+        metrics_path: Path = ROOT / "metrics/evaluate.json", plots_dir: Path = ROOT / "plots/evaluate") -> dict:
+    """Predict the test split with the trained model and write metrics and plots."""
+    for path, stage in ((model_dir / "pipeline.json", "train"), (data_dir / "test.jsonl", "prepare"),
+                        (data_dir / "labels.json", "prepare")):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run `dvc repro {stage}` first")
+    pipeline = read_json(model_dir / "pipeline.json")
+    labels = read_json(data_dir / "labels.json")
+    if pipeline["labels"] != labels:
+        raise ValueError(f"{model_dir / 'pipeline.json'} labels {pipeline['labels']} differ from "
+                         f"{data_dir / 'labels.json'} {labels}: re-run the train stage on this data")
+    ids, texts, y = load_split(data_dir / "test.jsonl", labels)
+    print(f"evaluate: {len(texts)} test rows, {len(labels)} classes, model {model_dir}")
+    probs = predict_proba(model_dir, texts, len(labels), pipeline["model"]["max_length"], params.batch_size)
+    metrics = classification_metrics(probs, y, labels, params.ece_bins)
+    save_confusion_png(plots_dir / "confusion.png", y, probs.argmax(axis=1), labels)
+    write_text(plots_dir / "predictions.csv", predictions_csv(ids, y, probs, labels))
+    write_json(plots_dir / "calibration.json", calibration_bins(probs, y, params.ece_bins))
+    write_json(metrics_path, metrics)
+    print(f"evaluate: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
+          f"ECE {metrics['ece']:.4f}; wrote {metrics_path} and 3 files in {plots_dir}")
+    return metrics
+
+
+def main() -> None:
+    run(load_section(EvaluateParams, "evaluate"))
+
+
+if __name__ == "__main__":
+    main()

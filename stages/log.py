@@ -1,0 +1,188 @@
+"""Record one pipeline run in MLflow: all params, curves, metrics, plots, lineage tags.
+
+Inputs:  params.yaml, metrics/*.json, plots/train/history.json, plots/ files, dvc.lock (if
+         present), models/train/pipeline.json
+Outputs: one MLflow run in the store at $MLFLOW_TRACKING_URI, else sqlite:///<root>/mlflow.db
+         (artifacts beside a sqlite store, in <its dir>/mlruns); no files in the repo's outs
+Params:  log (experiment_name); every params.yaml key is logged
+Run:     python -m stages.log
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stages.common import ROOT, load_section, read_json, read_params
+
+# The files dvc.yaml lists as the log stage's deps, with the stage that writes each.
+REQUIRED = {
+    "metrics/prepare.json": "prepare", "metrics/tokenizer.json": "tokenizer", "metrics/augment.json": "augment",
+    "metrics/alpha.json": "alpha", "metrics/train.json": "train", "metrics/evaluate.json": "evaluate",
+    "plots/train/history.json": "train", "plots/evaluate/predictions.csv": "evaluate",
+    "models/train/pipeline.json": "train",
+}
+
+
+@dataclass(frozen=True)
+class LogParams:
+    experiment_name: str  # MLflow experiment that collects the runs of this pipeline
+
+
+def flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level with dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def metric_key(name: str) -> str:
+    """MLflow keys allow only [A-Za-z0-9_-. /]; labels from user data may hold anything else."""
+    return re.sub(r"[^\w\-. /]", "_", name, flags=re.ASCII)
+
+
+def numeric_metrics(stage_metrics: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Flat numeric values of each stage's metrics under `<prefix>.`; strings, lists and bools skipped."""
+    out: dict[str, float] = {}
+    for prefix, metrics in stage_metrics.items():
+        for key, value in flatten(metrics, f"{prefix}.").items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[metric_key(key)] = float(value)
+    return out
+
+
+def history_metrics(history: list[dict[str, Any]]) -> list[Any]:
+    """Per-epoch curves as MLflow Metric entities with step = epoch."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [
+        Metric(metric_key(key), float(value), now, int(row["epoch"]))
+        for row in history
+        for key, value in row.items()
+        if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool)
+    ]
+
+
+def git_output(root: Path, *args: str) -> str | None:
+    """stdout of `git <args>` in `root`, or None when git is missing or root is not a repo."""
+    try:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def lineage_tags(root: Path, data_source: str) -> dict[str, str]:
+    """Git commit, dirty flag, dvc.lock hash, DVC experiment name: "unknown" when unavailable."""
+    commit = git_output(root, "rev-parse", "HEAD")
+    # Dirty = code or params differ from the commit; the pipeline's own results (metrics,
+    # plots, dvc.lock) always differ before they are committed, so they don't count.
+    status = git_output(root, "status", "--porcelain", "--", ".", ":!metrics", ":!plots", ":!dvc.lock")
+    lock = root / "dvc.lock"
+    tags = {
+        "git.commit": commit or "unknown",
+        "git.dirty": "unknown" if status is None else str(bool(status)).lower(),
+        "dvc.lock.sha256": hashlib.sha256(lock.read_bytes()).hexdigest() if lock.exists() else "unknown",
+        "data.source": data_source,
+    }
+    # `dvc exp run` exports these to the stage commands it runs.
+    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.exp_baseline_rev")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+def model_card(params: dict[str, Any], pipeline: dict[str, Any], test: dict[str, Any]) -> str:
+    """A short markdown summary of what was trained on what, and how it scored."""
+    keys = ["model.max_length", "tokenizer.mode", "augment.enabled", "alpha.method", "loss.gamma",
+            "loss.label_smoothing", "train.max_epochs", "train.learning_rate", "train.swa.enabled", "seed"]
+    flat = flatten(params)
+    lines = [
+        f"# Model card: {pipeline['model']['name']}", "",
+        f"- Labels: {', '.join(pipeline['labels'])}",
+        f"- Data source: {flat.get('data.source', 'unknown')}",
+        f"- Kept model: {pipeline.get('kept', 'unknown')} (of best-validation checkpoint / SWA average)", "",
+        "## Key params", "", *[f"- `{k}`: {flat[k]}" for k in keys if k in flat], "",
+        f"## Test metrics (n={test.get('n_test')})", "", "| metric | value |", "|---|---|",
+        *[f"| {k} | {test[k]:.4f} |" for k in ("accuracy", "macro_f1", "weighted_f1", "ece", "ce_loss") if k in test],
+        "", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|",
+        *[f"| {c} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |"
+          for c, m in test.get("per_class", {}).items()],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def check_inputs(root: Path) -> None:
+    """Fail naming each missing input and the stage that produces it."""
+    missing = [f"{path} (run `dvc repro {stage}`)" for path, stage in REQUIRED.items() if not (root / path).exists()]
+    if missing:
+        raise FileNotFoundError(f"log: missing input(s) under {root}: {'; '.join(missing)}")
+
+
+def artifact_location(tracking_uri: str) -> str | None:
+    """Keep a local sqlite store's artifacts beside it (MLflow's default is ./mlruns of the cwd)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None  # a server or other backend decides where artifacts go
+    return (Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
+
+
+def log_run(params: LogParams, root: Path, tracking_uri: str) -> str:
+    """Create the MLflow run from the files under `root`; return its id."""
+    import mlflow
+
+    full = read_params(root / "params.yaml")
+    pipeline, history = read_json(root / "models/train/pipeline.json"), read_json(root / "plots/train/history.json")
+    stage_metrics = {stage: read_json(root / f"metrics/{stage}.json")
+                     for stage in ("prepare", "tokenizer", "augment", "alpha", "train")}
+    test = read_json(root / "metrics/evaluate.json")
+    metrics = numeric_metrics({"test": test, **stage_metrics})
+    mlflow.set_tracking_uri(tracking_uri)
+    if mlflow.get_experiment_by_name(params.experiment_name) is None:
+        mlflow.create_experiment(params.experiment_name, artifact_location=artifact_location(tracking_uri))
+    mlflow.set_experiment(params.experiment_name)
+    tags = lineage_tags(root, str(flatten(full).get("data.source", "unknown")))
+    with mlflow.start_run(tags=tags) as active:
+        mlflow.log_params({metric_key(k): v for k, v in flatten(full).items()})
+        mlflow.log_metrics(metrics)
+        mlflow.tracking.MlflowClient().log_batch(active.info.run_id, metrics=history_metrics(history))
+        for path in sorted((root / "metrics").glob("*.json")):
+            mlflow.log_artifact(str(path), "metrics")
+        mlflow.log_artifacts(str(root / "plots"), "plots")
+        for name in ("params.yaml", "dvc.lock"):
+            if (root / name).exists():
+                mlflow.log_artifact(str(root / name))
+        mlflow.log_artifact(str(root / "models/train/pipeline.json"), "model")
+        mlflow.log_text(model_card(full, pipeline, test), "model_card.md")
+    print(f"log: {len(flatten(full))} params, {len(metrics)} metrics, {len(history)} epochs of curves")
+    return active.info.run_id
+
+
+def run(params: LogParams, root: Path = ROOT, tracking_uri: str | None = None) -> dict:
+    """Log the pipeline under `root` to MLflow; returns the run id and store URI."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    check_inputs(root)
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root.resolve() / 'mlflow.db'}"
+    run_id = log_run(params, root, uri)
+    print(f"log: MLflow run {run_id} in experiment '{params.experiment_name}'\n"
+          f"view it: mlflow ui --backend-store-uri {uri}")
+    return {"run_id": run_id, "tracking_uri": uri}
+
+
+def main() -> None:
+    run(load_section(LogParams, "log"))
+
+
+if __name__ == "__main__":
+    main()

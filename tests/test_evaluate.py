@@ -1,0 +1,173 @@
+"""Tests for stages.evaluate: calibration math by hand, metrics vs sklearn, a tiny-BERT run()."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+
+from stages.common import ParamsError, write_json, write_jsonl
+from stages.evaluate import (
+    EvaluateParams,
+    calibration_bins,
+    classification_metrics,
+    expected_calibration_error,
+    load_split,
+    predict_proba,
+    predictions_csv,
+    run,
+)
+from tiny_bert import build_tiny_bert
+
+LABELS = ["negative", "neutral", "positive"]
+# Four predictions; with 5 bins, confidences 0.9 and 0.85 share bin (0.8, 1], 0.7 is in
+# (0.6, 0.8] and 0.5 in (0.4, 0.6].
+PROBS = np.array([[0.9, 0.05, 0.05], [0.7, 0.2, 0.1], [0.1, 0.85, 0.05], [0.5, 0.25, 0.25]])
+Y = np.array([0, 1, 1, 0])  # row 1 is wrong, the others right
+
+
+def test_ece_matches_hand_computation():
+    # bin (0.8,1]: 2 rows, conf 0.875, acc 1 -> 2*0.125; (0.6,0.8]: conf 0.7, acc 0 -> 0.7;
+    # (0.4,0.6]: conf 0.5, acc 1 -> 0.5.  ECE = (0.25 + 0.7 + 0.5) / 4.
+    assert expected_calibration_error(PROBS, Y, n_bins=5) == pytest.approx(1.45 / 4)
+
+
+def test_calibration_bins_lists_non_empty_bins_in_order():
+    bins = calibration_bins(PROBS, Y, n_bins=5)
+    assert [b["count"] for b in bins] == [1, 1, 2]
+    assert [b["confidence"] for b in bins] == pytest.approx([0.5, 0.7, 0.875])
+    assert [b["accuracy"] for b in bins] == [1.0, 0.0, 1.0]
+
+
+def test_ece_is_zero_when_confidence_equals_accuracy():
+    probs = np.tile([0.8, 0.1, 0.1], (10, 1))
+    y = np.array([0] * 8 + [1, 2])  # 8 of 10 right at confidence 0.8
+    assert expected_calibration_error(probs, y, n_bins=10) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_metrics_agree_with_sklearn_and_hand_cross_entropy():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(40, 3))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    y = rng.integers(0, 3, size=40)
+    m = classification_metrics(probs, y, LABELS, ece_bins=10)
+    pred = probs.argmax(axis=1)
+    assert m["accuracy"] == pytest.approx(np.mean(pred == y))
+    assert m["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert m["weighted_f1"] == pytest.approx(f1_score(y, pred, average="weighted"))
+    assert m["ce_loss"] == pytest.approx(-np.mean(np.log(probs[np.arange(40), y])))
+    assert m["n_test"] == 40
+    assert json.loads(json.dumps(m)) == m  # plain JSON types only
+
+
+def test_per_class_has_every_label_even_if_absent_from_test_and_predictions():
+    probs = np.array([[0.9, 0.05, 0.05], [0.2, 0.1, 0.7], [0.6, 0.1, 0.3]])
+    y = np.array([0, 2, 2])  # "neutral" never occurs nor is predicted
+    m = classification_metrics(probs, y, LABELS, ece_bins=10)
+    assert list(m["per_class"]) == LABELS
+    assert m["per_class"]["neutral"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert m["per_class"]["positive"]["recall"] == pytest.approx(0.5)
+    assert m["per_class"]["negative"]["precision"] == pytest.approx(0.5)
+    assert math.isfinite(m["ce_loss"])
+
+
+def test_predictions_csv_uses_label_names_and_quotes_ids():
+    text = predictions_csv(["a,1", "b", "c", "d"], Y, PROBS, LABELS)
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert list(rows[0]) == ["id", "actual", "predicted", "confidence"]
+    assert rows[0] == {"id": "a,1", "actual": "negative", "predicted": "negative", "confidence": "0.900000"}
+    assert rows[1]["actual"] == "neutral" and rows[1]["predicted"] == "negative"
+
+
+def test_load_split_names_the_row_with_an_unknown_label(tmp_path):
+    path = tmp_path / "test.jsonl"
+    write_jsonl(path, [{"id": "1", "text": "ok", "label": "positive"}, {"id": "2", "text": "x", "label": "meh"}])
+    with pytest.raises(ValueError, match=r"row 2 has label 'meh'"):
+        load_split(path, LABELS)
+
+
+def test_params_reject_zero_bins():
+    with pytest.raises(ParamsError, match="ece_bins"):
+        EvaluateParams(batch_size=8, ece_bins=0)
+
+
+TEXTS = ["great drug no side effects", "terrible headache and nausea", "it was fine i guess",
+         "worked well for my pain", "made me dizzy and tired", "no change at all",
+         "best medicine ever", "awful stopped after a week", "okay but pricey", "helped quickly"]
+
+
+@pytest.fixture
+def trained(tmp_path):
+    """A models/train-like dir (tiny BERT + pipeline.json) and a data/prepare-like dir."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model_dir = build_tiny_bert(tmp_path / "models/train", TEXTS, num_labels=len(LABELS))
+    # BERT's init (std 0.02) gives near-identical outputs for every text, which would hide
+    # a row-order bug; larger weights make each text's probabilities distinct.
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    with torch.no_grad():
+        for weight in (p for p in model.parameters() if p.dim() == 2):
+            weight.mul_(20)
+    model.save_pretrained(model_dir)
+    write_json(model_dir / "pipeline.json", {"seed": 0, "labels": LABELS, "model": {"name": "tiny", "max_length": 16},
+                                             "loss": {}, "train": {}, "kept": "best"})
+    data_dir = tmp_path / "data/prepare"
+    write_jsonl(data_dir / "test.jsonl",
+                [{"id": f"t{i}", "text": t, "label": LABELS[i % 3]} for i, t in enumerate(TEXTS)])
+    write_json(data_dir / "labels.json", LABELS)
+    return model_dir, data_dir
+
+
+def test_predict_proba_keeps_input_order_despite_length_batching(trained):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model_dir, _ = trained
+    probs = predict_proba(model_dir, TEXTS, len(LABELS), max_length=16, batch_size=4)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        one_by_one = [model(**tok(t, truncation=True, max_length=16, return_tensors="pt")).logits.softmax(-1)[0]
+                      for t in TEXTS]
+    np.testing.assert_allclose(probs, torch.stack(one_by_one).numpy(), atol=1e-5)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-12)
+    assert probs.std(axis=0).min() > 1e-2  # distinct rows, so a shuffled order would fail above
+
+
+def test_run_writes_metrics_and_dvc_plot_files(trained, tmp_path):
+    model_dir, data_dir = trained
+    metrics_path, plots_dir = tmp_path / "metrics/evaluate.json", tmp_path / "plots/evaluate"
+    result = run(EvaluateParams(batch_size=4, ece_bins=10), model_dir, data_dir, metrics_path, plots_dir)
+    saved = json.loads(metrics_path.read_text())
+    assert saved == result
+    assert set(saved) == {"accuracy", "macro_f1", "weighted_f1", "per_class", "ece", "ce_loss", "n_test"}
+    assert saved["n_test"] == len(TEXTS)
+    rows = list(csv.DictReader((plots_dir / "predictions.csv").open()))
+    assert len(rows) == len(TEXTS) and list(rows[0]) == ["id", "actual", "predicted", "confidence"]
+    assert {r["actual"] for r in rows} <= set(LABELS) and {r["predicted"] for r in rows} <= set(LABELS)
+    assert np.mean([r["actual"] == r["predicted"] for r in rows]) == pytest.approx(saved["accuracy"])
+    calibration = json.loads((plots_dir / "calibration.json").read_text())
+    assert sum(b["count"] for b in calibration) == len(TEXTS)
+    assert (plots_dir / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_run_fails_when_model_labels_differ_from_labels_json(trained, tmp_path):
+    model_dir, data_dir = trained
+    write_json(data_dir / "labels.json", ["a", "b", "c"])
+    with pytest.raises(ValueError, match="re-run the train stage"):
+        run(EvaluateParams(batch_size=4, ece_bins=10), model_dir, data_dir, tmp_path / "m.json", tmp_path / "p")
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_run_names_a_missing_input_and_the_stage_that_makes_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"pipeline.json is missing: run `dvc repro train`"):
+        run(EvaluateParams(batch_size=4, ece_bins=10), tmp_path / "models/train", tmp_path / "data",
+            tmp_path / "m.json", tmp_path / "p")

@@ -1,0 +1,133 @@
+"""Tests for stages.log: flattening, lineage tags, and a run() read back from a real sqlite MLflow store."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+
+import pytest
+import yaml
+
+from stages.common import write_json, write_text
+from stages.log import LogParams, flatten, lineage_tags, metric_key, numeric_metrics, run
+
+PARAMS = {
+    "seed": 42,
+    "data": {"source": "drugreview", "test_path": None},
+    "model": {"name": "bundled-minilm", "max_length": 128},
+    "loss": {"gamma": 2.0},
+    "train": {"max_epochs": 3, "swa": {"enabled": True, "lr": 2.0e-5, "keep": "best"}},
+    "log": {"experiment_name": "unit-test"},
+}
+HISTORY = [
+    {"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e, "val_macro_f1": 0.3 * e, "val_accuracy": 0.25 * e,
+     "learning_rate": 5e-5 / e}
+    for e in (1, 2, 3)
+]
+TEST_METRICS = {
+    "accuracy": 0.75, "macro_f1": 0.5, "weighted_f1": 0.7, "ece": 0.1, "ce_loss": 0.6, "n_test": 4,
+    "per_class": {"negative": {"precision": 0.5, "recall": 1.0, "f1": 0.667, "support": 1},
+                  "sci&tech": {"precision": 1.0, "recall": 0.5, "f1": 0.667, "support": 2}},
+}
+
+
+def test_flatten_joins_nested_keys_with_dots():
+    assert flatten({"a": 1, "b": {"c": {"d": "x"}, "e": [1, 2]}}) == {"a": 1, "b.c.d": "x", "b.e": [1, 2]}
+
+
+def test_numeric_metrics_prefix_and_skip_non_numbers():
+    got = numeric_metrics({"train": {"best_epoch": 2, "kept": "swa", "stopped_early": True, "sizes": [1, 2],
+                                     "val": {"loss": 0.5}}})
+    assert got == {"train.best_epoch": 2.0, "train.val.loss": 0.5}
+
+
+def test_metric_key_replaces_characters_mlflow_rejects():
+    assert metric_key("test.per_class.sci&tech:2.f1") == "test.per_class.sci_tech_2.f1"
+    assert metric_key("a-b/c d.e_f") == "a-b/c d.e_f"
+
+
+def test_lineage_tags_are_unknown_outside_a_git_repo(tmp_path, monkeypatch):
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    tags = lineage_tags(tmp_path, "drugreview")
+    assert tags == {"git.commit": "unknown", "git.dirty": "unknown", "dvc.lock.sha256": "unknown",
+                    "data.source": "drugreview"}
+
+
+def test_lineage_tags_track_commit_and_dirty_code_but_not_results(tmp_path):
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    write_text(tmp_path / "params.yaml", "seed: 1\n")
+    write_json(tmp_path / "metrics/train.json", {"loss": 1})
+    git("add", ".")
+    git("commit", "-qm", "init")
+    write_json(tmp_path / "metrics/train.json", {"loss": 0.5})  # a new result alone is not "dirty"
+    tags = lineage_tags(tmp_path, "x")
+    assert tags["git.commit"] == git("rev-parse", "HEAD") and tags["git.dirty"] == "false"
+    write_text(tmp_path / "params.yaml", "seed: 2\n")
+    assert lineage_tags(tmp_path, "x")["git.dirty"] == "true"
+
+
+def make_root(root):
+    """The files the log stage reads, as the upstream stages would leave them."""
+    write_text(root / "params.yaml", yaml.safe_dump(PARAMS))
+    write_text(root / "dvc.lock", "schema: '2.0'\nstages: {}\n")
+    for stage in ("prepare", "tokenizer", "augment", "alpha"):
+        write_json(root / f"metrics/{stage}.json", {"n_rows": 10, "note": "text is skipped"})
+    write_json(root / "metrics/train.json", {"best_epoch": 2, "kept": "best", "best_val_loss": 0.6})
+    write_json(root / "metrics/evaluate.json", TEST_METRICS)
+    write_json(root / "plots/train/history.json", HISTORY)
+    write_text(root / "plots/evaluate/predictions.csv", "id,actual,predicted,confidence\n1,negative,negative,0.9\n")
+    write_json(root / "models/train/pipeline.json", {"seed": 42, "labels": ["negative", "sci&tech"],
+                                                     "model": {"name": "bundled-minilm", "max_length": 128},
+                                                     "loss": {}, "train": {}, "kept": "swa"})
+
+
+def test_run_logs_params_curves_metrics_tags_and_artifacts(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    root, uri = tmp_path / "repo", f"sqlite:///{tmp_path}/store/mlflow.db"
+    (tmp_path / "store").mkdir()
+    make_root(root)
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-test")
+    result = run(LogParams(experiment_name="unit-test"), root=root, tracking_uri=uri)
+    client = MlflowClient(uri)
+    logged = client.get_run(result["run_id"])
+    assert logged.info.status == "FINISHED"
+    assert client.get_experiment(logged.info.experiment_id).name == "unit-test"
+    params = logged.data.params
+    assert params["train.swa.lr"] == "2e-05" and params["seed"] == "42" and params["data.test_path"] == "None"
+    assert len([k for k in params if not k.startswith("mlflow.")]) == len(flatten(PARAMS))
+    val_loss = client.get_metric_history(result["run_id"], "val_loss")
+    assert [(m.step, m.value) for m in sorted(val_loss, key=lambda m: m.step)] == [(r["epoch"], r["val_loss"]) for r in HISTORY]
+    metrics = logged.data.metrics
+    assert metrics["test.macro_f1"] == 0.5 and metrics["test.per_class.sci_tech.f1"] == 0.667
+    assert metrics["train.best_val_loss"] == 0.6 and metrics["prepare.n_rows"] == 10
+    assert "train.kept" not in metrics and "prepare.note" not in metrics
+    tags = logged.data.tags
+    assert tags["git.commit"] == "unknown" and tags["dvc.exp_name"] == "exp-test"
+    assert tags["dvc.lock.sha256"] == hashlib.sha256((root / "dvc.lock").read_bytes()).hexdigest()
+    assert tags["data.source"] == "drugreview"
+    artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
+    assert {"metrics", "plots", "model", "params.yaml", "dvc.lock", "model_card.md"} <= artifacts
+    assert {a.path for a in client.list_artifacts(result["run_id"], "plots/train")} == {"plots/train/history.json"}
+    assert "metrics/evaluate.json" in {a.path for a in client.list_artifacts(result["run_id"], "metrics")}
+    card = (tmp_path / "card").resolve()
+    client.download_artifacts(result["run_id"], "model_card.md", str(card.parent))
+    text = (card.parent / "model_card.md").read_text()
+    assert "Kept model: swa" in text and "| macro_f1 | 0.5000 |" in text and "sci&tech" in text
+    again = run(LogParams(experiment_name="unit-test"), root=root, tracking_uri=uri)  # reuses the experiment
+    assert len(client.search_runs([logged.info.experiment_id])) == 2 and again["run_id"] != result["run_id"]
+    # Artifacts live beside the sqlite store, and the repo root gains no files.
+    assert logged.info.artifact_uri.startswith((tmp_path / "store/mlruns").as_uri())
+    assert sorted(p.name for p in root.iterdir()) == ["dvc.lock", "metrics", "models", "params.yaml", "plots"]
+
+
+def test_run_names_the_missing_file_and_its_stage(tmp_path):
+    make_root(tmp_path)
+    (tmp_path / "metrics/train.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"metrics/train.json \(run `dvc repro train`\)"):
+        run(LogParams(experiment_name="x"), root=tmp_path, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    assert not (tmp_path / "mlflow.db").exists()
