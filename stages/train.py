@@ -75,7 +75,7 @@ def build_model(tokenizer, meta: dict, model_params: ModelParams, labels: list[s
         return AutoModelForSequenceClassification.from_config(config)
     model = AutoModelForSequenceClassification.from_pretrained(source, **label_kwargs)
     if meta["new_tokens"]:
-        model.resize_token_embeddings(len(tokenizer))
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # rows set just below
         init_new_token_embeddings(model, tokenizer, meta["new_tokens"])
     return model
 
@@ -241,9 +241,10 @@ def run(
             train_params=train_params,
         )
         trainer.train()
+        # Before the final evaluations below, which log at the last epoch too.
+        history = history_from_logs(trainer.state.log_history)
         best, swa, kept = evaluate_best_and_swa(trainer, swa_cb, train_params.swa.keep)
         best, swa = _val_metrics(best), swa and _val_metrics(swa)
-    history = history_from_logs(trainer.state.log_history)
     epochs_run = len(history)
     metrics = {
         "best": {**best, "epoch": _best_epoch(history)},

@@ -58,6 +58,8 @@ def test_run_saves_swa_model_metrics_and_history(tiny_root):
     assert pipeline["seed"] == 7 and pipeline["train"]["swa"]["keep"] == "swa" and pipeline["labels"] == LABELS
     history = json.loads((tiny_root / "plots/train/history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
+    # The post-training evaluations of the best and SWA models must not overwrite epoch 3.
+    assert history[-1]["val_loss"] != metrics["swa"]["val_loss"]
     assert {"train_loss", "val_loss", "val_macro_f1", "learning_rate"} <= set(history[0])
     assert (tiny_root / "plots/train/history.png").read_bytes()[:4] == b"\x89PNG"
     assert not list((tiny_root / "models").glob("**/checkpoint-*"))  # checkpoints never land in outs

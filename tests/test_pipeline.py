@@ -1,0 +1,158 @@
+"""dvc.yaml, params.yaml, stage modules and metrics agree; `dvc repro` works end to end.
+
+The slow test copies the repo into tmp_path, points params.yaml at a tiny profile
+(tiny random BERT, tiny MarianMT pair through the real nlpaug backend, a few dozen
+rows) and runs the real `dvc repro`, then checks the no-op re-run and that
+`dvc exp run -S loss.gamma=1` re-runs only train, evaluate and log.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages import common
+
+REPO = Path(__file__).resolve().parent.parent
+DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+STAGES = ["prepare", "tokenizer", "augment", "alpha", "train", "evaluate", "log"]
+
+
+def test_dvc_yaml_has_the_seven_stages_in_order_run_as_modules():
+    assert list(DVC["stages"]) == STAGES
+    for name, stage in DVC["stages"].items():
+        assert stage["cmd"] == f"python -m stages.{name}"
+        assert f"stages/{name}.py" in stage["deps"] and (REPO / f"stages/{name}.py").exists()
+
+
+def test_each_stage_declares_the_modules_it_imports():
+    for name, stage in DVC["stages"].items():
+        source = (REPO / f"stages/{name}.py").read_text()
+        imported = set(re.findall(r"from stages(?:\.| import )(\w+)", source))
+        for module in imported:
+            assert f"stages/{module}.py" in stage["deps"], f"stage {name} imports stages.{module} but does not depend on it"
+
+
+def test_metrics_files_follow_stage_names():
+    for name, stage in DVC["stages"].items():
+        for entry in stage.get("metrics", []):
+            assert list(entry) == [f"metrics/{name}.json"]
+
+
+def test_every_params_section_parses_with_its_stage_dataclass():
+    for module_name, section in [
+        ("prepare", "data"), ("tokenizer", "tokenizer"), ("augment", "augment"), ("alpha", "alpha"),
+        ("train", "train"), ("train", "model"), ("focal_loss", "loss"), ("evaluate", "evaluate"),
+    ]:
+        module = importlib.import_module(f"stages.{module_name}")
+        classes = [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__]
+        parsed = [c for c in classes if c.__name__.lower().startswith(section.replace("_", "")[:4])]
+        assert parsed, f"no params dataclass for section {section} in stages/{module_name}.py"
+        common.parse_params(parsed[0], PARAMS[section], section)
+
+
+def test_params_keys_listed_in_dvc_yaml_exist():
+    for name, stage in DVC["stages"].items():
+        for key in stage.get("params", []):
+            if isinstance(key, dict):
+                continue
+            node = PARAMS
+            for part in key.split("."):
+                assert part in node, f"stage {name} lists params key {key} missing from params.yaml"
+                node = node[part]
+
+
+# ---------------------------------------------------------------- end to end (slow)
+
+WORDS = {
+    "negative": "awful nausea headache terrible pain worse dizzy",
+    "neutral": "okay mild average unsure moderate sometimes fine",
+    "positive": "great relief wonderful helped better calm happy",
+}
+
+
+def tiny_dataset(path: Path, counts: dict[str, int], seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    rows = []
+    for label, n in counts.items():
+        words = WORDS[label].split() + "the drug was and it i felt after days".split()
+        rows += [(" ".join(rng.choice(words) for _ in range(rng.randint(6, 12))), label) for _ in range(n)]
+    rng.shuffle(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("review,sentiment\n" + "".join(f'"{t}",{lab}\n' for t, lab in rows))
+    return [t for t, _ in rows]
+
+
+def tiny_profile(root: Path, assets: Path) -> None:
+    from tiny_bert import build_tiny_bert
+    from tiny_marian import build_tiny_marian_pair
+
+    corpus = tiny_dataset(root / "data/raw/tiny.csv", {"positive": 40, "negative": 16, "neutral": 10})
+    bert = build_tiny_bert(assets / "bert", corpus, num_labels=3)
+    src, tgt = build_tiny_marian_pair(assets / "marian", corpus)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"].update(source="data/raw/tiny.csv", text_column="review", label_column="sentiment")
+    params["model"].update(name=str(bert), max_length=32)
+    params["tokenizer"].update(vocab_size=60, model_type="bpe", max_new_tokens=5, min_frequency=2)
+    params["augment"].update(backend="nlpaug", from_model=str(src), to_model=str(tgt), max_length=20, batch_size=8)
+    params["augment"].update(max_length_ratio=100.0)  # random-weight Marian output has arbitrary length
+    params["train"].update(max_epochs=2, batch_size=8)
+    params["train"]["swa"].update(start_epoch=2)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def sh(root: Path, *cmd: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    done = subprocess.run(cmd, cwd=root, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-6000:]}"
+    return done.stdout
+
+
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '([\w-]+)'", output)
+
+
+@pytest.mark.slow
+def test_dvc_repro_end_to_end_on_tiny_profile(tmp_path):
+    root = tmp_path / "repo"
+    root.mkdir()
+    for item in ["stages", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "data/raw/README.md"]:
+        dest = root / item
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (REPO / item).is_dir() else shutil.copy)(REPO / item, dest)
+    tiny_profile(root, tmp_path / "assets")
+    sh(root, "git", "init", "-q")
+    sh(root, "git", "config", "user.email", "ci@example.com")
+    sh(root, "git", "config", "user.name", "ci")
+    sh(root, "dvc", "init", "-q")
+    sh(root, "dvc", "config", "core.analytics", "false")
+
+    first = sh(root, "dvc", "repro")
+    assert ran_stages(first) == STAGES
+    evaluate = json.loads((root / "metrics/evaluate.json").read_text())
+    assert {"accuracy", "macro_f1", "weighted_f1", "per_class", "ece", "ce_loss"} <= set(evaluate)
+    augmented = common.read_jsonl(root / "data/augment/train.jsonl")
+    assert any(r["source"] == "backtranslation" for r in augmented)
+    assert (root / "mlflow.db").exists()
+
+    assert ran_stages(sh(root, "dvc", "repro")) == []  # nothing changed: a no-op
+
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-qm", "tiny baseline")
+    exp = sh(root, "dvc", "exp", "run", "-S", "loss.gamma=1")
+    assert ran_stages(exp) == ["train", "evaluate", "log"]
+    shown = json.loads(sh(root, "dvc", "exp", "show", "--json"))
+    assert shown, "dvc exp show lists the experiment"
