@@ -153,3 +153,28 @@ def test_history_merges_train_and_eval_logs_per_epoch():
     history = history_from_logs(logs)
     assert [h["epoch"] for h in history] == [1, 2] and history[1]["val_loss"] == 0.8
     assert history[0]["train_loss"] == 1.0 and history[0]["learning_rate"] == 0.1
+
+
+@pytest.mark.parametrize("mode", ["extend", "scratch"])
+def test_run_on_the_tokenizer_stage_output(tiny_root, mode):
+    """The real tokenizer stage feeds train: extend resizes embeddings, scratch builds a fresh model."""
+    from stages.tokenizer import TokenizerParams, run as run_tokenizer
+
+    rows = common.read_jsonl(tiny_root / "data/augment/train.jsonl")
+    for row in rows:  # a domain word the tiny base vocab lacks, so extend has something to add
+        row["text"] += " metformin"
+    common.write_jsonl(tiny_root / "data/prepare/train.jsonl", rows)
+    common.write_jsonl(tiny_root / "data/augment/train.jsonl", rows)
+    tok_params = TokenizerParams(mode=mode, vocab_size=60, model_type="bpe", max_new_tokens=5, min_frequency=2)
+    tok_metrics = run_tokenizer(
+        tok_params, str(tiny_root / "base"), 7,
+        tiny_root / "data/prepare/train.jsonl", tiny_root / "data/prepare/val.jsonl",
+        tiny_root / "models/tokenizer", tiny_root / "m.json",
+    )
+    metrics = run(*_params(tiny_root, max_epochs=1), root=tiny_root)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_root / "models/train")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_root / "models/train")
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer) == tok_metrics["vocab_size"]
+    if mode == "extend":
+        assert tok_metrics["tokens_added"] > 0
+    assert metrics["epochs_run"] == 1
