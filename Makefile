@@ -1,6 +1,6 @@
 # Two entry points: `make repro` (install + run the whole pipeline on the bundled
 # default) and `make test` (install + fast and slow test tiers). Both are idempotent.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
