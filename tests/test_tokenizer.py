@@ -151,7 +151,7 @@ def test_failed_run_leaves_no_output(base_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "data/train.jsonl").write_text('{"id": "0", "label": "a"}\n')
     (tmp_path / "data/val.jsonl").write_text('{"id": "0", "text": "x", "label": "a"}\n')
-    with pytest.raises(ValueError, match="row 0"):
+    with pytest.raises(ValueError, match=r"train.jsonl row 1: missing key\(s\) \['text'\]"):
         stage.run(PARAMS, str(base_dir), 42, tmp_path / "data/train.jsonl", tmp_path / "data/val.jsonl",
                   tmp_path / "tok", tmp_path / "m.json")
     assert not (tmp_path / "tok").exists() and not (tmp_path / "m.json").exists()

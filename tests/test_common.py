@@ -1,0 +1,34 @@
+import pytest
+
+from stages import common
+
+
+def test_atomic_file_replaces_on_success_and_keeps_old_file_on_error(tmp_path):
+    path = tmp_path / "out" / "f.png"
+    with common.atomic_file(path) as tmp:
+        tmp.write_bytes(b"new")
+    assert path.read_bytes() == b"new" and oct(path.stat().st_mode & 0o777) == "0o644"
+    with pytest.raises(RuntimeError):
+        with common.atomic_file(path) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("stage failed")
+    assert path.read_bytes() == b"new"
+    assert [p.name for p in path.parent.iterdir()] == ["f.png"]  # no temp file left behind
+
+
+def test_read_rows_names_the_file_and_row_of_a_bad_row(tmp_path):
+    path = tmp_path / "val.jsonl"
+    common.write_jsonl(path, [{"id": "a", "text": "x", "label": "p"}, {"id": "b", "text": 3, "label": "p"}])
+    with pytest.raises(ValueError, match=r"val.jsonl row 2: 'text' is not a string"):
+        common.read_rows(path)
+    common.write_text(path, "")
+    with pytest.raises(ValueError, match="val.jsonl is empty"):
+        common.read_rows(path)
+
+
+def test_parse_params_names_unknown_and_mistyped_keys():
+    from stages.alpha import AlphaParams
+
+    with pytest.raises(common.ParamsError, match=r"alpha.beta: expected float, got 'high'"):
+        common.parse_params(AlphaParams, {"method": "inverse", "beta": "high"}, "alpha")
+    assert common.parse_params(AlphaParams, {"method": "none", "beta": 0}, "alpha").beta == 0.0  # int -> float
