@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install repro test test-fast test-slow bench clean-venv
+.PHONY: install repro test report grid bench clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ repro: install
 test: install
 	$(BIN)/python -m pytest
 	$(BIN)/python -m pytest -m slow
+
+# Compare the workspace with BASE (default: merge-base with main; HEAD~1 on main) as markdown.
+# FAIL_ON_DROP=0.02 exits non-zero when test macro-F1 drops by more; REPORT=file also writes it there.
+report: install
+	$(BIN)/python -m tools.report $(if $(BASE),--base '$(BASE)') $(if $(FAIL_ON_DROP),--fail-on-drop $(FAIL_ON_DROP)) $(if $(REPORT),--output '$(REPORT)')
+
+# Table + figure of finished experiments (queue them first: README, "Compare and CI").
+grid: install
+	$(BIN)/python -m tools.grid
 
 bench: install
 	$(BIN)/python bench/stage_resources.py

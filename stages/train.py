@@ -10,7 +10,7 @@ picks which one is the stage's output. AMP on CUDA; fp32 and deterministic on CP
 Inputs:  data/augment/train.jsonl, data/prepare/{val.jsonl,labels.json},
          data/alpha/alpha.json, models/tokenizer/
 Outputs: models/train/ (model, tokenizer, pipeline.json), metrics/train.json,
-         plots/train/history.{json,png}
+         plots/train/history.{json,png}; .cache/runtime/train.json (device, wall time: MLflow only)
 Params:  seed, model, loss, train
 Run:     python -m stages.train
 """
@@ -253,9 +253,11 @@ def run(
         "stop_reason": "early_stopping" if epochs_run < train_params.max_epochs else "max_epochs",
         "n_train": len(train_ds),
         "n_val": len(val_ds),
-        "device": str(trainer.args.device),
-        "wall_time_s": round(time.perf_counter() - start, 1),
     }
+    wall = time.perf_counter() - start
+    common.write_json(root / common.RUNTIME_DIR / "train.json", {
+        "device": str(trainer.args.device), "wall_time_s": round(wall, 1),
+        "train_samples_per_second": round(len(train_ds) * epochs_run / wall, 2)})
     save_outputs(root, trainer, tokenizer, labels, seed, model_params, loss_params, train_params, kept, metrics, history)
     return metrics
 

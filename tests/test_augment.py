@@ -47,13 +47,16 @@ def fake_backend(monkeypatch):
 
 
 def run_stage(tmp_path: Path, params=PARAMS) -> tuple[dict, list[dict]]:
-    """run() on ROWS (unless the test wrote its own train file) with every path in tmp_path."""
+    """run() on ROWS (unless the test wrote its own train file) with every path in tmp_path.
+
+    The returned metrics also hold the run's translation counters, read from its runtime file.
+    """
     train = tmp_path / "prepare" / "train.jsonl"
     if not train.exists():
         common.write_jsonl(train, ROWS)
     metrics = augment.run(params, 42, train, tmp_path / "augment", tmp_path / "metrics.json",
-                          tmp_path / "cache" / "translations.sqlite")
-    return metrics, common.read_jsonl(tmp_path / "augment" / "train.jsonl")
+                          tmp_path / "cache" / "translations.sqlite", tmp_path / "runtime.json")
+    return {**metrics, **common.read_json(tmp_path / "runtime.json")}, common.read_jsonl(tmp_path / "augment" / "train.jsonl")
 
 
 def test_plan_grows_classes_below_target_ratio_up_to_target_or_sources():
@@ -132,7 +135,16 @@ def test_run_writes_originals_then_paraphrases_with_metrics(tmp_path, fake_backe
     assert new[0]["text"].startswith("Well, ")
     assert metrics["classes"]["neutral"] == {"before": 2, "after": 4, "target": 5, "shortfall": 1}
     assert (metrics["generated"], metrics["kept"], metrics["rows"]) == (3, 3, {"before": 16, "after": 19})
-    assert metrics["translations"]["computed"] == 3 and common.read_json(tmp_path / "metrics.json") == metrics
+    assert metrics["translations"]["computed"] == 3
+
+
+def test_metrics_file_is_the_same_with_a_cold_or_a_warm_cache(tmp_path, fake_backend):
+    run_stage(tmp_path)
+    cold = (tmp_path / "metrics.json").read_bytes()
+    second, _ = run_stage(tmp_path)
+    assert second["translations"]["cached"] == 3  # the cache served every text ...
+    assert (tmp_path / "metrics.json").read_bytes() == cold  # ... and the committed metrics did not move
+    assert "translations" not in common.read_json(tmp_path / "metrics.json")
 
 
 def test_second_run_translates_nothing_new(tmp_path, fake_backend):

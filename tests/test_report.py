@@ -1,0 +1,83 @@
+"""tools.report: real `git` + `dvc params/metrics diff` on a throwaway repo (tests/toy_dvc.py).
+
+The toy pipeline's metrics are a known function of its params, so a params change on a
+branch moves test macro-F1 (0.55 -> 0.45) and per-class F1 by known amounts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from toy_dvc import commit, init_repo, set_params, sh
+
+from tools import report
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """main: gamma 2 (macro-F1 0.55); a second commit on main that changes nothing measured."""
+    root = init_repo(tmp_path_factory.mktemp("report") / "repo")
+    (root / "README.md").write_text("docs only\n")
+    commit(root, "docs")
+    return root
+
+
+@pytest.fixture()
+def branch(repo):
+    """Branch `gamma1` off main with gamma 1 (macro-F1 0.45), committed; back on main afterwards."""
+    sh(repo, "git", "checkout", "-q", "-B", "gamma1", "main")
+    set_params(repo, loss={"gamma": 1.0})
+    commit(repo, "gamma 1")
+    yield repo
+    sh(repo, "git", "checkout", "-q", "main")
+
+
+def test_branch_report_shows_params_and_metric_deltas_against_merge_base(branch):
+    text, passed = report.report(None, None, None, root=branch)
+    merge_base = sh(branch, "git", "rev-parse", "--short", "main").strip()
+    assert f"workspace vs `{merge_base}` (merge-base with main)" in text
+    assert "| `loss.gamma` | 2.0000 | 1.0000 |" in text
+    assert "| macro_f1 | 0.5500 | 0.4500 | -0.1000 🔻 |" in text
+    assert "| neutral | 0.2750 | 0.2250 | -0.0500 🔻 |" in text
+    assert "| positive | 0.8000 | 0.8000 | 0 |" in text
+    assert "| accuracy | 0.7000 | 0.7000 | 0 |" in text  # unchanged headline metrics stay in the table
+    assert "No metric changes" not in text and passed
+
+
+def test_no_change_on_main_says_so_against_previous_commit(repo):
+    text, passed = report.report(None, None, None, root=repo)
+    assert "(HEAD~1, the previous commit on main)" in text
+    assert "No params changes." in text and "No metric changes." in text and passed
+
+
+def test_gate_fails_on_a_drop_larger_than_allowed_and_passes_otherwise(branch, capsys):
+    assert report.report(None, None, 0.02, root=branch)[1] is False
+    assert report.report(None, None, 0.2, root=branch)[1] is True
+    out = branch / "report.md"
+    assert report.main(["--base", "main", "--fail-on-drop", "0.02", "--output", str(out)], root=branch) == 1
+    assert "**Gate failed**: test macro-F1 dropped by 0.1000, more than the allowed 0.02." in capsys.readouterr().out
+    assert out.read_text().startswith("## Pipeline report: workspace vs")
+
+
+def test_explicit_base_and_revision(branch):
+    text, _ = report.report("main", "gamma1", None, root=branch)
+    assert "`gamma1` vs" in text and "(main, given)" in text and "-0.1000" in text
+
+
+def test_shallow_clone_fetches_the_base_from_origin(branch, tmp_path):
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", "--depth", "1", "--branch", "gamma1", branch.as_uri(), str(clone))
+    assert not report.has_commit("origin/main", clone)  # a single-branch shallow clone
+    text, _ = report.report(None, None, None, root=clone)
+    assert "(merge-base with origin/main)" in text and "| macro_f1 | 0.5500 | 0.4500 | -0.1000 🔻 |" in text
+
+
+def test_shallow_clone_without_origin_says_it_cannot_compare(branch, tmp_path):
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", "--depth", "1", "--branch", "gamma1", branch.as_uri(), str(clone))
+    sh(clone, "git", "remote", "remove", "origin")
+    text, passed = report.report(None, None, 0.02, root=clone)
+    assert "**No comparison**: cannot compare: no merge-base with main" in text
+    assert "fetch-depth: 0" in text and not passed
+    assert report.report(None, None, None, root=clone)[1]  # without a gate it is a note, not a failure

@@ -1,0 +1,183 @@
+"""Render finished DVC experiments as a grid: a test metric per value of two params.
+
+Reads `dvc exp show --json` (the current commit and its experiments, however they ran:
+queued, --temp or in the workspace), groups them by the `--rows` and `--cols` params,
+and reports mean +- std over the runs in each cell (runs that differ in other params,
+e.g. `seed`, are repeats of the cell). Prints a markdown table; writes the figure to
+plots/grid/<metric>.png and the table to plots/grid/<metric>.md.
+
+Queue and run a grid first, e.g.
+    dvc exp run --queue -S 'loss.gamma=0,1,2' -S 'alpha.method=none,inverse'
+    dvc queue start -j 1        # one at a time: two trainings would fight for 2 cores
+Run: make grid  |  python -m tools.grid --rows loss.gamma --cols alpha.method --metric macro_f1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stages.common import ROOT, atomic_file, write_text
+
+TEST_METRICS = "metrics/evaluate.json"
+SUMMARY = ("macro_f1", "accuracy", "weighted_f1", "ece")  # columns of the long table
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+def dotted(tree: dict[str, Any], key: str) -> Any:
+    """tree["a"]["b"] for key "a.b"; None when any part is missing."""
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def runs_from_exp_show(rows: list[dict]) -> list[Run]:
+    """Baseline commits and their experiments that have test metrics, from `dvc exp show --json`.
+
+    The workspace entry is skipped (it is either the baseline again or uncommitted work);
+    runs with identical params are kept once (CPU runs are deterministic).
+    """
+    def to_run(entry: dict) -> Run | None:
+        data = entry.get("data") or {}
+        params = ((data.get("params") or {}).get("params.yaml") or {}).get("data")
+        metrics = ((data.get("metrics") or {}).get(TEST_METRICS) or {}).get("data")
+        if entry.get("error") or not params or not metrics:
+            return None
+        return Run(entry.get("name") or entry["rev"][:7], params, metrics)
+
+    found: list[Run | None] = []
+    for baseline in rows:
+        if baseline.get("rev") == "workspace":
+            continue
+        found.append(to_run(baseline))
+        for group in baseline.get("experiments") or []:
+            found += [to_run(rev) for rev in group.get("revs") or []]
+    unique: dict[str, Run] = {}
+    for run in filter(None, found):
+        unique.setdefault(json.dumps(canonical(run.params), sort_keys=True), run)
+    return list(unique.values())
+
+
+def canonical(value: Any) -> Any:
+    """Params with ints as floats: `-S loss.gamma=2` stores 2 where params.yaml has 2.0."""
+    if isinstance(value, dict):
+        return {k: canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [canonical(v) for v in value]
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def cells(runs: list[Run], rows: str, cols: str) -> dict[tuple[Any, Any], list[Run]]:
+    """Runs grouped by (row value, col value), sorted; runs lacking either param are left out."""
+    grouped: dict[tuple[Any, Any], list[Run]] = defaultdict(list)
+    for run in runs:
+        r, c = dotted(run.params, rows), dotted(run.params, cols)
+        if r is not None and c is not None:
+            grouped[(r, c)].append(run)
+    return dict(sorted(grouped.items(), key=lambda kv: (str(type(kv[0][0])), kv[0][0], str(kv[0][1]))))
+
+
+def fmt_cell(values: list[float]) -> str:
+    mean, std = mean_std(values)
+    return f"{mean:.3f} ± {std:.3f} (n={len(values)})" if len(values) > 1 else f"{mean:.3f}"
+
+
+def markdown(grid: dict[tuple[Any, Any], list[Run]], rows: str, cols: str, metric: str) -> str:
+    """A pivot table of `metric` (rows x cols), then one line per cell with the summary metrics."""
+    row_values = list(dict.fromkeys(r for r, _ in grid))
+    col_values = list(dict.fromkeys(c for _, c in grid))
+    lines = [f"Test {metric}, mean ± std over runs (n) where a cell has several:", "",
+             f"| {rows} \\ {cols} | " + " | ".join(map(str, col_values)) + " |",
+             "|---|" + "---|" * len(col_values)]
+    for r in row_values:
+        values = [fmt_cell([x.metrics[metric] for x in grid[(r, c)]]) if (r, c) in grid else "—" for c in col_values]
+        lines.append(f"| {r} | " + " | ".join(values) + " |")
+    lines += ["", f"| {rows} | {cols} | runs | " + " | ".join(SUMMARY) + " | experiments |",
+              "|---|---|---|" + "---|" * len(SUMMARY) + "---|"]
+    for (r, c), members in grid.items():
+        stats = [fmt_cell([m.metrics[k] for m in members]).split(" (")[0] for k in SUMMARY]
+        lines.append(f"| {r} | {c} | {len(members)} | " + " | ".join(stats) + " | "
+                     + ", ".join(m.name for m in members) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def save_figure(grid: dict[tuple[Any, Any], list[Run]], rows: str, cols: str, metric: str, path: Path) -> None:
+    """Grouped bars: one group per row value, one bar per col value, std as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    row_values = list(dict.fromkeys(r for r, _ in grid))
+    col_values = list(dict.fromkeys(c for _, c in grid))
+    width = 0.8 / len(col_values)
+    fig, ax = plt.subplots(figsize=(1.5 + 1.6 * len(row_values), 4), dpi=100)
+    for j, c in enumerate(col_values):
+        stats = [mean_std([m.metrics[metric] for m in grid[(r, c)]]) if (r, c) in grid else (0.0, 0.0)
+                 for r in row_values]
+        xs = [i + (j - (len(col_values) - 1) / 2) * width for i in range(len(row_values))]
+        bars = ax.bar(xs, [s[0] for s in stats], width, yerr=[s[1] for s in stats], capsize=3, label=f"{cols}={c}")
+        ax.bar_label(bars, fmt="%.3f", fontsize=8, padding=2)
+    ax.set_xticks(range(len(row_values)), [str(r) for r in row_values])
+    ax.set(xlabel=rows, ylabel=f"test {metric}", title=f"Test {metric} per {rows} and {cols}")
+    ax.set_ylim(0, min(1.0, 1.15 * max(max(m.metrics[metric] for m in ms) for ms in grid.values())))
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+
+
+def exp_show(root: Path) -> list[dict]:
+    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json"]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"dvc exp show failed:\n{done.stderr.strip()}")
+    return json.loads(done.stdout or "[]")
+
+
+def run(rows: str, cols: str, metric: str, root: Path = ROOT) -> str:
+    """Table of the finished experiments; writes plots/grid/<metric>.{png,md} under `root`."""
+    grid = cells(runs_from_exp_show(exp_show(root)), rows, cols)
+    if not grid:
+        raise SystemExit(f"grid: no finished experiment has both {rows} and {cols} and {TEST_METRICS}; "
+                         "queue some (`dvc exp run --queue -S ...`) and run them (`dvc queue start -j 1`)")
+    text = markdown(grid, rows, cols, metric)
+    save_figure(grid, rows, cols, metric, root / f"plots/grid/{metric}.png")
+    write_text(root / f"plots/grid/{metric}.md", text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", default="loss.gamma", help="param whose values make the rows / x groups")
+    parser.add_argument("--cols", default="alpha.method", help="param whose values make the columns / bars")
+    parser.add_argument("--metric", default="macro_f1", help=f"key of {TEST_METRICS} to compare")
+    args = parser.parse_args(argv)
+    print(run(args.rows, args.cols, args.metric), end="")
+    print(f"\nwrote plots/grid/{args.metric}.png and plots/grid/{args.metric}.md")
+
+
+if __name__ == "__main__":
+    main()

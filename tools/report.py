@@ -1,0 +1,242 @@
+"""Compare this pipeline's results with a base revision, as one markdown document.
+
+`dvc params diff` and `dvc metrics diff` of the workspace (or `--rev`) against a base
+revision become readable tables: the test metrics with deltas, per-class test F1 with
+deltas, every other changed metric, every changed param, and the plots to look at. The
+base defaults to the merge-base with `main` (`HEAD~1` on `main` itself). In a shallow
+clone the base is fetched when possible, and the report says so plainly when it is not.
+
+Gate: `--fail-on-drop 0.02` exits 1 when test macro-F1 drops by more than 0.02. CPU runs
+are deterministic, so any drop is real, not run-to-run noise.
+
+Run:  make report [BASE=<rev>] [FAIL_ON_DROP=0.02]
+      python -m tools.report --base main --output report.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_METRICS = "metrics/evaluate.json"
+HEADLINE = ("accuracy", "macro_f1", "weighted_f1", "ece", "ce_loss")  # in this order
+# Last key component -> whether a rise is good; other numbers (counts, epochs) get no verdict.
+DIRECTION = {**dict.fromkeys(("accuracy", "macro_f1", "weighted_f1", "f1", "precision", "recall",
+                              "val_accuracy", "val_macro_f1"), True),
+             **dict.fromkeys(("ece", "ce_loss", "loss", "val_loss", "val_ce_loss"), False)}
+PLOTS = ("plots/train/history.png", "plots/evaluate/confusion.png", "plots/grid/macro_f1.png")
+
+
+class BaseUnavailable(RuntimeError):
+    """The base revision is not in this clone and could not be fetched."""
+
+
+@dataclass(frozen=True)
+class Change:
+    path: str
+    key: str
+    old: object
+    new: object
+
+    @property
+    def delta(self) -> float | None:
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (self.old, self.new))
+        return self.new - self.old if numeric else None
+
+
+# ------------------------------------------------------------------ pure: diffs -> markdown
+
+
+def changes(diff: dict) -> list[Change]:
+    """Flatten `dvc {params,metrics} diff --json` output: {path: {key: {old, new, ...}}}."""
+    return [Change(path, key, entry.get("old"), entry.get("new"))
+            for path, entries in sorted(diff.items()) for key, entry in sorted(entries.items())]
+
+
+def fmt(value: object) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return f"`{value}`" if isinstance(value, (str, list, dict)) else str(value)
+
+
+def fmt_delta(change: Change) -> str:
+    delta = change.delta
+    if delta is None:
+        return "—" if change.old == change.new else "changed"
+    rise_is_good = DIRECTION.get(change.key.rsplit(".", 1)[-1])
+    if delta == 0 or rise_is_good is None:
+        return f"{delta:+.4f}" if delta else "0"
+    return f"{delta:+.4f} {'🟢' if (delta > 0) == rise_is_good else '🔻'}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def test_tables(metric_changes: list[Change]) -> list[str]:
+    """Headline test metrics, then per-class F1, each with base, this run and delta."""
+    test = {c.key: c for c in metric_changes if c.path == TEST_METRICS}
+    if not test:
+        return [f"_No `{TEST_METRICS}` in either revision: run `dvc repro` first._"]
+    head = [[name, fmt(test[name].old), fmt(test[name].new), fmt_delta(test[name])]
+            for name in HEADLINE if name in test]
+    per_class = [[key.split(".")[1], fmt(c.old), fmt(c.new), fmt_delta(c)]
+                 for key, c in test.items() if key.startswith("per_class.") and key.endswith(".f1")]
+    return ["### Test metrics", "", table(["metric", "base", "this", "Δ"], head), "",
+            "### Per-class test F1", "", table(["class", "base", "this", "Δ"], per_class)]
+
+
+def macro_f1_drop(metric_changes: list[Change]) -> float | None:
+    """How much test macro-F1 fell (positive = a drop); None when either side lacks it."""
+    for c in metric_changes:
+        if c.path == TEST_METRICS and c.key == "macro_f1" and c.delta is not None:
+            return -c.delta
+    return None
+
+
+def gate_verdict(drop: float | None, threshold: float | None) -> tuple[bool, str]:
+    """(passed, one-line verdict) of the FAIL_ON_DROP gate."""
+    if threshold is None:
+        return True, ""
+    if drop is None:
+        return False, f"**Gate failed**: test macro-F1 is missing on one side, so a drop of more than {threshold} cannot be ruled out."
+    if drop > threshold:
+        return False, f"**Gate failed**: test macro-F1 dropped by {drop:.4f}, more than the allowed {threshold}."
+    return True, f"Gate passed: test macro-F1 change {-drop:+.4f} (allowed drop {threshold})."
+
+
+def render(title: str, params_diff: dict, metrics_diff: dict, plots: list[str], notes: list[str],
+           threshold: float | None) -> tuple[str, bool]:
+    """The whole report and whether the gate passed. Diffs are `--all` (unchanged entries too)."""
+    metric_changes = changes(metrics_diff)
+    moved = [c for c in metric_changes if c.old != c.new]
+    changed_params = [c for c in changes(params_diff) if c.old != c.new]
+    passed, verdict = gate_verdict(macro_f1_drop(metric_changes), threshold)
+    parts = [f"## {title}", "", *[f"> {n}" for n in notes], *([""] if notes else [])]
+    if verdict:
+        parts += [verdict, ""]
+    parts += ["### Params changed", ""]
+    parts += [table(["param", "base", "this"], [[f"`{c.key}`", fmt(c.old), fmt(c.new)] for c in changed_params])
+              if changed_params else "No params changes."]
+    parts += ["", *test_tables(metric_changes), "", "### All metric changes", ""]
+    parts += [table(["file", "metric", "base", "this", "Δ"],
+                    [[c.path, c.key, fmt(c.old), fmt(c.new), fmt_delta(c)] for c in moved])
+              if moved else "No metric changes."]
+    if plots:
+        parts += ["", "### Plots", "", *[f"![{p}]({p})" for p in plots]]
+    return "\n".join(parts) + "\n", passed
+
+
+# ------------------------------------------------------------------ I/O: git and dvc
+
+
+def git(*args: str, root: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+
+
+def has_commit(rev: str, root: Path) -> bool:
+    return git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", root=root).returncode == 0
+
+
+def fetch_for(rev: str | None, root: Path) -> str:
+    """Try to make `rev` (None: main, for a merge-base) available from origin; say what happened.
+
+    A shallow clone is deepened fully, so merge-bases and `HEAD~1` resolve; a branch name is
+    fetched into `origin/<name>` (a single-branch clone does not track it otherwise).
+    """
+    shallow = git("rev-parse", "--is-shallow-repository", root=root).stdout.strip() == "true"
+    name = (rev or "main").removeprefix("origin/")
+    if re.fullmatch(r"[0-9a-f]{7,40}", name):
+        refspecs = [name]
+    elif re.fullmatch(r"[\w./-]+", name):
+        refspecs = [f"+refs/heads/{name}:refs/remotes/origin/{name}"]
+    else:  # HEAD~1 and the like: only more history can help
+        refspecs = []
+    args = ["fetch", "--no-tags", "--quiet", *(["--unshallow"] if shallow else []), "origin", *refspecs]
+    done = git(*args, root=root)
+    return "fetched from origin" if done.returncode == 0 else f"`git {' '.join(args)}` failed: {done.stderr.strip()}"
+
+
+def default_base(root: Path) -> tuple[str, str]:
+    """(base rev, how it was chosen): merge-base with main, or HEAD~1 when on main."""
+    branch = git("rev-parse", "--abbrev-ref", "HEAD", root=root).stdout.strip()
+    head = git("rev-parse", "HEAD", root=root).stdout.strip()
+    mains = [m for m in ("main", "origin/main") if has_commit(m, root)]
+    if branch == "main" or (mains and git("rev-parse", mains[0], root=root).stdout.strip() == head):
+        return "HEAD~1", "the previous commit on main"
+    for main in mains:
+        done = git("merge-base", "HEAD", main, root=root)
+        if done.returncode == 0:
+            return done.stdout.strip(), f"merge-base with {main}"
+    raise BaseUnavailable("no merge-base with main in this clone")
+
+
+def resolve_base(base: str | None, root: Path) -> tuple[str, str]:
+    """The base commit and how it was found; fetches once when a shallow clone lacks it."""
+    for attempt in range(2):
+        try:
+            rev, how = (base, "given") if base else default_base(root)
+        except BaseUnavailable as err:
+            rev, how, problem = None, "", str(err)
+        else:
+            if has_commit(rev, root):
+                full = git("rev-parse", f"{rev}^{{commit}}", root=root).stdout.strip()
+                short = git("rev-parse", "--short", full, root=root).stdout.strip()
+                return short, how if rev == full else f"{rev}, {how}"
+            problem = f"`{rev}` is not in this clone"
+        if attempt == 0:
+            fetched = fetch_for(base, root)
+    raise BaseUnavailable(f"cannot compare: {problem} ({fetched}). "
+                          "Fetch more history (`git fetch --unshallow`, or `fetch-depth: 0` in CI) or pass BASE=<rev>.")
+
+
+def dvc_diff(kind: str, base: str, rev: str | None, root: Path) -> dict:
+    """`dvc {params,metrics} diff --all --json base [rev]` as a dict."""
+    cmd = [sys.executable, "-m", "dvc", kind, "diff", "--all", "--json", base, *([rev] if rev else [])]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[2:])} failed:\n{done.stderr.strip()}")
+    return json.loads(done.stdout or "{}")
+
+
+def report(base: str | None, rev: str | None, threshold: float | None, root: Path = ROOT) -> tuple[str, bool]:
+    """The markdown report for `rev` (None = workspace) against `base`, and whether the gate passed."""
+    try:
+        base_commit, how = resolve_base(base, root)
+    except BaseUnavailable as err:
+        passed, verdict = gate_verdict(None, threshold)
+        text = f"## Pipeline report\n\n**No comparison**: {err}\n" + (f"\n{verdict}\n" if verdict else "")
+        return text, passed
+    this = f"`{rev}`" if rev else "workspace"
+    plots = [p for p in PLOTS if (root / p).exists()] if rev is None else []
+    return render(f"Pipeline report: {this} vs `{base_commit}` ({how})",
+                  dvc_diff("params", base_commit, rev, root), dvc_diff("metrics", base_commit, rev, root),
+                  plots, [], threshold)
+
+
+def main(argv: list[str] | None = None, root: Path = ROOT) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", default=None, help="base revision (default: merge-base with main; HEAD~1 on main)")
+    parser.add_argument("--rev", default=None, help="revision to report on (default: the workspace)")
+    parser.add_argument("--fail-on-drop", type=float, default=None, metavar="F1",
+                        help="exit 1 when test macro-F1 drops by more than this")
+    parser.add_argument("--output", type=Path, default=None, help="also write the report to this file")
+    args = parser.parse_args(argv)
+    text, passed = report(args.base or None, args.rev or None, args.fail_on_drop, root)
+    print(text, end="")
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
