@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from stages.common import write_json, write_text
+from stages.common import RUNTIME_DIR, write_json, write_text
 from stages.log import LogParams, flatten, lineage_tags, metric_key, numeric_metrics, run
 
+REPO = Path(__file__).resolve().parent.parent
 PARAMS = {
     "seed": 42,
     "data": {"source": "drugreview", "test_path": None},
@@ -83,6 +87,8 @@ def make_root(root):
     write_json(root / "models/train/pipeline.json", {"seed": 42, "labels": ["negative", "sci&tech"],
                                                      "model": {"name": "bundled-minilm", "max_length": 128},
                                                      "loss": {}, "train": {}, "kept": "swa"})
+    write_json(root / RUNTIME_DIR / "train.json", {"device": "cpu", "wall_time_s": 12.5})
+    write_json(root / RUNTIME_DIR / "augment.json", {"translations": {"cached": 3, "computed": 0}})
 
 
 def test_run_logs_params_curves_metrics_tags_and_artifacts(tmp_path, monkeypatch):
@@ -106,8 +112,11 @@ def test_run_logs_params_curves_metrics_tags_and_artifacts(tmp_path, monkeypatch
     assert metrics["test.macro_f1"] == 0.5 and metrics["test.per_class.sci_tech.f1"] == 0.667
     assert metrics["train.best_val_loss"] == 0.6 and metrics["prepare.n_rows"] == 10
     assert "train.kept" not in metrics and "prepare.note" not in metrics
+    assert metrics["runtime.train.wall_time_s"] == 12.5 and metrics["runtime.augment.translations.cached"] == 3
     tags = logged.data.tags
     assert tags["git.commit"] == "unknown" and tags["dvc.exp_name"] == "exp-test"
+    assert logged.info.run_name == "exp-test"  # lines up with `dvc exp show`
+    assert tags["runtime.train.device"] == "cpu"
     assert tags["dvc.lock.sha256"] == hashlib.sha256((root / "dvc.lock").read_bytes()).hexdigest()
     assert tags["data.source"] == "drugreview"
     artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
@@ -122,7 +131,7 @@ def test_run_logs_params_curves_metrics_tags_and_artifacts(tmp_path, monkeypatch
     assert len(client.search_runs([logged.info.experiment_id])) == 2 and again["run_id"] != result["run_id"]
     # Artifacts live beside the sqlite store, and the repo root gains no files.
     assert logged.info.artifact_uri.startswith((tmp_path / "store/mlruns").as_uri())
-    assert sorted(p.name for p in root.iterdir()) == ["dvc.lock", "metrics", "models", "params.yaml", "plots"]
+    assert sorted(p.name for p in root.iterdir()) == [".cache", "dvc.lock", "metrics", "models", "params.yaml", "plots"]
 
 
 def test_run_names_the_missing_file_and_its_stage(tmp_path):
@@ -131,3 +140,90 @@ def test_run_names_the_missing_file_and_its_stage(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"metrics/train.json \(run `dvc repro train`\)"):
         run(LogParams(experiment_name="x"), root=tmp_path, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_temp_experiment_copy_logs_to_the_repository_store(tmp_path, monkeypatch):
+    """`dvc exp run --temp` and queued runs execute in <repo>/.dvc/tmp/exps/<tmp>/, thrown away after."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    copy = tmp_path / ".dvc/tmp/exps/tmpabc123"
+    make_root(copy)
+    result = run(LogParams(experiment_name="unit-test"), root=copy)
+    assert result["tracking_uri"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert MlflowClient(result["tracking_uri"]).get_run(result["run_id"]).info.status == "FINISHED"
+    assert not (copy / "mlflow.db").exists()
+
+
+def test_two_log_runs_at_once_on_one_sqlite_store_both_succeed(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    make_root(tmp_path)
+    env = {**os.environ, "PIPELINE_ROOT": str(tmp_path), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    env.pop("DVC_EXP_NAME", None)
+    procs = [subprocess.Popen([sys.executable, "-m", "stages.log"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], "\n".join(outputs)
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    (experiment,) = [e for e in client.search_experiments() if e.name == "unit-test"]
+    assert len(client.search_runs([experiment.experiment_id])) == 2
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on loopback (sqlite backend, served artifacts, one worker)."""
+    import time
+    import urllib.request
+
+    port = free_port()
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art")],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.mark.slow
+def test_log_stage_against_a_real_mlflow_server(tmp_path, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path / "repo"
+    make_root(root)
+    env = {**os.environ, "PIPELINE_ROOT": str(root), "MLFLOW_TRACKING_URI": mlflow_server, "DVC_EXP_NAME": "srv-exp"}
+    done = subprocess.run([sys.executable, "-m", "stages.log"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    client = MlflowClient(mlflow_server)
+    (run_info,) = client.search_runs([client.get_experiment_by_name("unit-test").experiment_id])
+    logged = client.get_run(run_info.info.run_id)
+    assert logged.info.run_name == "srv-exp" and logged.data.tags["dvc.exp_name"] == "srv-exp"
+    assert logged.data.tags["dvc.lock.sha256"] == hashlib.sha256((root / "dvc.lock").read_bytes()).hexdigest()
+    assert logged.data.params["loss.gamma"] == "2.0" and logged.data.metrics["test.macro_f1"] == 0.5
+    curve = client.get_metric_history(run_info.info.run_id, "val_macro_f1")
+    assert sorted((m.step, m.value) for m in curve) == [(r["epoch"], r["val_macro_f1"]) for r in HISTORY]
+    artifacts = {a.path for a in client.list_artifacts(run_info.info.run_id)}
+    assert {"metrics", "plots", "model", "params.yaml", "dvc.lock", "model_card.md"} <= artifacts
+    assert any((tmp_path / "art").rglob("model_card.md"))  # uploaded through the server

@@ -152,7 +152,26 @@ def test_dvc_repro_end_to_end_on_tiny_profile(tmp_path):
 
     sh(root, "git", "add", "-A")
     sh(root, "git", "commit", "-qm", "tiny baseline")
-    exp = sh(root, "dvc", "exp", "run", "-S", "loss.gamma=1")
+    assert sh(root, "git", "status", "--porcelain") == ""
+    # Re-translating with a cold cache, then re-running with a warm one, changes no committed file.
+    for cache in ("cold", "warm"):
+        if cache == "cold":
+            shutil.rmtree(root / ".cache")
+        assert ran_stages(sh(root, "dvc", "repro", "--force", "--single-item", "augment")) == ["augment"]
+        assert sh(root, "git", "status", "--porcelain") == "", f"{cache} translation cache changed committed files"
+    runtime = common.read_json(root / ".cache/runtime/augment.json")["translations"]
+    assert runtime["computed"] == 0 and runtime["cached"] > 0  # the warm run: facts for MLflow, not git
+    committed = {p: (root / p).read_bytes() for p in ("dvc.lock", "metrics/train.json", "metrics/augment.json")}
+    exp = sh(root, "dvc", "exp", "run", "--temp", "-n", "tiny-gamma1", "-S", "loss.gamma=1")
     assert ran_stages(exp) == ["train", "evaluate", "log"]
     shown = json.loads(sh(root, "dvc", "exp", "show", "--json"))
-    assert shown, "dvc exp show lists the experiment"
+    assert "tiny-gamma1" in json.dumps(shown), "dvc exp show lists the experiment"
+    assert {p: (root / p).read_bytes() for p in committed} == committed  # a --temp run leaves the workspace alone
+
+    # The --temp copy (thrown away) logged to the repo's store, under the experiment's name.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("text-classification").experiment_id])
+    assert sorted(r.info.run_name != "tiny-gamma1" for r in runs) == [False, True]
+    assert {r.data.params["loss.gamma"] for r in runs} == {"1", "2.0"}

@@ -90,10 +90,20 @@ def cells(runs: list[Run], rows: str, cols: str) -> dict[tuple[Any, Any], list[R
     """Runs grouped by (row value, col value), sorted; runs lacking either param are left out."""
     grouped: dict[tuple[Any, Any], list[Run]] = defaultdict(list)
     for run in runs:
-        r, c = dotted(run.params, rows), dotted(run.params, cols)
+        r, c = canonical(dotted(run.params, rows)), canonical(dotted(run.params, cols))
         if r is not None and c is not None:
             grouped[(r, c)].append(run)
-    return dict(sorted(grouped.items(), key=lambda kv: (str(type(kv[0][0])), kv[0][0], str(kv[0][1]))))
+    return dict(sorted(grouped.items(), key=lambda kv: (order(kv[0][0]), order(kv[0][1]))))
+
+
+def order(value: Any) -> tuple:
+    """Sort key: numbers numerically, then anything else by its text."""
+    return (0, value, "") if isinstance(value, float) else (1, 0.0, str(value))
+
+
+def axes(grid: dict[tuple[Any, Any], list[Run]]) -> tuple[list[Any], list[Any]]:
+    """The sorted distinct row values and col values of a grid."""
+    return sorted({r for r, _ in grid}, key=order), sorted({c for _, c in grid}, key=order)
 
 
 def fmt_cell(values: list[float]) -> str:
@@ -103,8 +113,7 @@ def fmt_cell(values: list[float]) -> str:
 
 def markdown(grid: dict[tuple[Any, Any], list[Run]], rows: str, cols: str, metric: str) -> str:
     """A pivot table of `metric` (rows x cols), then one line per cell with the summary metrics."""
-    row_values = list(dict.fromkeys(r for r, _ in grid))
-    col_values = list(dict.fromkeys(c for _, c in grid))
+    row_values, col_values = axes(grid)
     lines = [f"Test {metric}, mean ± std over runs (n) where a cell has several:", "",
              f"| {rows} \\ {cols} | " + " | ".join(map(str, col_values)) + " |",
              "|---|" + "---|" * len(col_values)]
@@ -127,8 +136,7 @@ def save_figure(grid: dict[tuple[Any, Any], list[Run]], rows: str, cols: str, me
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    row_values = list(dict.fromkeys(r for r, _ in grid))
-    col_values = list(dict.fromkeys(c for _, c in grid))
+    row_values, col_values = axes(grid)
     width = 0.8 / len(col_values)
     fig, ax = plt.subplots(figsize=(1.5 + 1.6 * len(row_values), 4), dpi=100)
     for j, c in enumerate(col_values):
