@@ -1,12 +1,26 @@
-"""Multi-class focal loss with per-class alpha and label smoothing (soft targets).
+"""Multi-class focal loss with per-example alpha and label smoothing that stays label smoothing.
 
-    loss_i = -sum_c alpha_c * q_ic * (1 - p_ic)^gamma * log p_ic,   q = (1-eps) * onehot + eps / C
+With soft targets q = (1 - eps) * onehot(y) + eps / C and probabilities p = softmax(z):
 
-and the batch loss is sum_i loss_i / sum_i alpha_{y_i}: the same weighted mean that
-`torch.nn.functional.cross_entropy(weight=alpha, label_smoothing=eps)` uses, so with
-gamma = 0 this *is* weighted (smoothed) cross-entropy, and with uniform alpha it is
-plain cross-entropy. Smoothing lives here because the Trainer's own
-`label_smoothing_factor` is skipped once `compute_loss` is overridden.
+    loss_i = alpha_{y_i} * sum_c |q_ic - p_ic|^gamma * (-q_ic * log p_ic)
+    batch  = sum_i loss_i / sum_i alpha_{y_i}        (or / `normalizer`, see below)
+
+- eps = 0: the modulating factor is (1 - p_y)^gamma on the true class and the loss is the
+  focal loss of Lin et al. (2017), "Focal Loss for Dense Object Detection".
+- eps > 0: the factor |q - p|^gamma is the one Li et al. (2020), "Generalized Focal Loss"
+  (Quality Focal Loss), use for soft targets. Every term is >= 0 and all vanish only at
+  p = q, so the per-example optimum is the smoothed target for every gamma (a factor
+  (1 - p_c)^gamma on every component would move it: to p_y = 0.715 at gamma 2, eps 0.1).
+- gamma = 0: smoothed cross-entropy weighted by alpha of the true class. With eps = 0 it
+  equals `F.cross_entropy(weight=alpha)`; with uniform alpha, `F.cross_entropy(label_smoothing=eps)`.
+  (PyTorch weights the smoothing term of class c by alpha_c instead, which again moves the
+  optimum away from q; here alpha only weights whole examples.)
+
+`1 - p_y` is computed as `-expm1(log p_y)`, and |q - p| is clamped at 1e-6 before the power,
+so confident logits give finite gradients for any gamma >= 0 (also 0 < gamma < 1).
+
+`normalizer` lets the Trainer divide by the alpha mass of the whole accumulated batch, so
+gradient accumulation gives the same update as one large batch.
 
 Used by: stages/train.py (params section `loss`).
 """
@@ -17,6 +31,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+GAP_FLOOR = 1e-6  # |q - p| floor: keeps d/dp |q - p|^gamma finite for gamma < 1
 
 
 @dataclass(frozen=True)
@@ -37,21 +53,30 @@ def soft_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> to
     return onehot * (1.0 - smoothing) + smoothing / num_classes
 
 
+def focal_terms(logits: torch.Tensor, labels: torch.Tensor, gamma: float, label_smoothing: float) -> torch.Tensor:
+    """Per-example focal loss before alpha: sum_c |q_c - p_c|^gamma * (-q_c log p_c), float32."""
+    logits = logits.float()
+    num_classes = logits.shape[-1]
+    log_p = F.log_softmax(logits, dim=-1)
+    targets = soft_targets(labels, num_classes, label_smoothing)
+    true_class = F.one_hot(labels, num_classes).bool()
+    # q - p; on the true class as (1 - p) - (1 - q), exact as p -> 1 where q - p would cancel.
+    gap = torch.where(true_class, -torch.expm1(log_p) - (1.0 - targets), targets - log_p.exp())
+    modulating = gap.abs().clamp_min(GAP_FLOOR).pow(gamma)
+    return -(targets * modulating * log_p).sum(dim=-1)
+
+
 def focal_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
     alpha: torch.Tensor | None = None,
     gamma: float = 2.0,
     label_smoothing: float = 0.0,
+    normalizer: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
-    """Mean focal loss of a batch; logits are cast to float32 so AMP never underflows it."""
-    logits = logits.float()
-    num_classes = logits.shape[-1]
+    """Alpha-weighted mean focal loss of a batch (sum / `normalizer` when given)."""
     if alpha is None:
-        alpha = torch.ones(num_classes, device=logits.device)
-    alpha = alpha.to(device=logits.device, dtype=torch.float32)
-    log_p = F.log_softmax(logits, dim=-1)
-    modulating = (1.0 - log_p.exp()).pow(gamma)
-    targets = soft_targets(labels, num_classes, label_smoothing)
-    per_example = -(alpha * targets * modulating * log_p).sum(dim=-1)
-    return per_example.sum() / alpha[labels].sum()
+        alpha = torch.ones(logits.shape[-1], device=logits.device)
+    weights = alpha.to(device=logits.device, dtype=torch.float32)[labels]
+    total = (weights * focal_terms(logits, labels, gamma, label_smoothing)).sum()
+    return total / (weights.sum() if normalizer is None else normalizer)

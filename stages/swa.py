@@ -21,12 +21,25 @@ from torch.optim.swa_utils import SWALR, AveragedModel
 from transformers import TrainerCallback, get_cosine_schedule_with_warmup
 
 
+# The Trainer's key for the validation loss that early stopping and `keep: auto` compare: the
+# focal loss over all validation examples (train.make_compute_metrics), not a mean of batch means.
+VAL_LOSS = "eval_focal_loss"
+
+
 @dataclass(frozen=True)
 class SwaParams:
     enabled: bool
     start_epoch: int  # 1-based: the first epoch whose end-of-epoch weights are averaged
     lr: float
     keep: Literal["best", "swa", "auto"]  # auto: whichever has the lower validation loss
+
+    def __post_init__(self) -> None:
+        # Epoch 1 is the warmup and the climb out of the random head; averaging it in (or
+        # switching to SWALR during it) would silently drop the warmup.
+        if self.start_epoch < 2:
+            raise ValueError(f"train.swa.start_epoch must be >= 2 (epoch 1 is warmup), got {self.start_epoch}")
+        if not self.lr > 0:
+            raise ValueError(f"train.swa.lr must be > 0, got {self.lr}")
 
 
 def build_lr_scheduler(optimizer, total_steps: int, steps_per_epoch: int, warmup_ratio: float, swa: SwaParams):
@@ -68,7 +81,7 @@ def evaluate_best_and_swa(trainer, swa_cb: SWACallback | None, keep: str) -> tup
     best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     trainer.model.load_state_dict(swa_cb.averaged.module.state_dict())
     swa = trainer.evaluate()
-    kept = keep if keep != "auto" else ("swa" if swa["eval_loss"] <= best["eval_loss"] else "best")
+    kept = keep if keep != "auto" else ("swa" if swa[VAL_LOSS] <= best[VAL_LOSS] else "best")
     if kept == "best":
         trainer.model.load_state_dict(best_state)
     return best, swa, kept

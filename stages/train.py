@@ -38,7 +38,7 @@ from transformers import (
 
 from stages import common
 from stages.focal_loss import LossParams, focal_loss
-from stages.swa import SWACallback, SwaParams, build_lr_scheduler, evaluate_best_and_swa
+from stages.swa import VAL_LOSS, SWACallback, SwaParams, build_lr_scheduler, evaluate_best_and_swa
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,11 @@ class TrainParams:
     warmup_ratio: float
     early_stopping_patience: int
     swa: SwaParams
+
+    def __post_init__(self) -> None:
+        if self.swa.enabled and self.swa.start_epoch > self.max_epochs:
+            raise ValueError(f"train.swa.start_epoch ({self.swa.start_epoch}) must be <= train.max_epochs "
+                             f"({self.max_epochs}), or SWA would never average anything; or set train.swa.enabled: false")
 
 
 def build_model(tokenizer, meta: dict, model_params: ModelParams, labels: list[str], seed: int):
@@ -88,19 +93,24 @@ def init_new_token_embeddings(model, tokenizer, new_tokens: dict[str, list[int]]
 
 
 class FocalTrainer(Trainer):
-    # Our loss is a per-batch mean, not normalised by num_items_in_batch: let the Trainer
-    # divide it by the gradient-accumulation steps.
-    loss_is_scaled_for_ga = False
+    # compute_loss divides by the alpha mass of the whole accumulated batch (get_batch_samples),
+    # so the Trainer must not divide again by the gradient-accumulation steps.
+    loss_is_scaled_for_ga = True
 
     def __init__(self, *args, alpha: torch.Tensor, loss_params: LossParams, train_params: TrainParams, **kwargs):
         super().__init__(*args, **kwargs)
         self.alpha, self.loss_params, self.train_params = alpha, loss_params, train_params
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The micro-batches of one optimizer step, and their total alpha weight as the loss normalizer."""
+        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        weight = sum(self.alpha[b["labels"].cpu()].sum() for b in batch_samples) if batch_samples else None
+        return batch_samples, weight
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
-        loss = focal_loss(
-            outputs.logits, inputs["labels"], self.alpha, self.loss_params.gamma, self.loss_params.label_smoothing
-        )
+        loss = focal_loss(outputs.logits, inputs["labels"], self.alpha, self.loss_params.gamma,
+                          self.loss_params.label_smoothing, normalizer=num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
@@ -116,10 +126,24 @@ class FocalTrainer(Trainer):
         return self.lr_scheduler
 
 
-def compute_metrics(eval_pred) -> dict[str, float]:
-    logits, labels = eval_pred
-    preds = np.asarray(logits).argmax(-1)
-    return {"accuracy": accuracy_score(labels, preds), "macro_f1": f1_score(labels, preds, average="macro")}
+def make_compute_metrics(alpha: torch.Tensor, loss_params: LossParams):
+    """Validation metrics over the whole set at once, so none depends on the eval batch size.
+
+    `focal_loss` (what early stopping and `swa.keep: auto` compare) is the training loss over
+    all validation examples; `ce_loss`, plain cross-entropy, is comparable across gammas.
+    """
+
+    def compute_metrics(eval_pred) -> dict[str, float]:
+        logits, labels = (torch.as_tensor(np.asarray(x)) for x in eval_pred)
+        preds = logits.argmax(-1).numpy()
+        return {
+            "accuracy": accuracy_score(labels, preds),
+            "macro_f1": f1_score(labels, preds, average="macro"),
+            "focal_loss": focal_loss(logits, labels.long(), alpha, loss_params.gamma, loss_params.label_smoothing).item(),
+            "ce_loss": torch.nn.functional.cross_entropy(logits.float(), labels.long()).item(),
+        }
+
+    return compute_metrics
 
 
 def encode(rows: list[dict], tokenizer, label2id: dict[str, int], max_length: int):
@@ -145,7 +169,7 @@ def training_args(out_dir: str, p: TrainParams, seed: int) -> TrainingArguments:
         save_strategy="epoch",
         logging_strategy="epoch",
         load_best_model_at_end=True,
-        metric_for_best_model="eval_loss",
+        metric_for_best_model=VAL_LOSS,  # over all val examples, not a mean of batch means
         greater_is_better=False,
         save_total_limit=1,
         save_only_model=True,  # checkpoints live in a temp dir; the optimizer state is never needed
@@ -161,7 +185,8 @@ def training_args(out_dir: str, p: TrainParams, seed: int) -> TrainingArguments:
 
 
 def _val_metrics(m: dict) -> dict:
-    return {"val_loss": m["eval_loss"], "val_accuracy": m["eval_accuracy"], "val_macro_f1": m["eval_macro_f1"]}
+    return {"val_loss": m[VAL_LOSS], "val_ce_loss": m["eval_ce_loss"], "val_accuracy": m["eval_accuracy"],
+            "val_macro_f1": m["eval_macro_f1"]}
 
 
 def history_from_logs(log_history: list[dict]) -> list[dict]:
@@ -173,7 +198,7 @@ def history_from_logs(log_history: list[dict]) -> list[dict]:
         row = rows.setdefault(round(entry["epoch"]), {"epoch": round(entry["epoch"])})
         if "loss" in entry:
             row.update(train_loss=entry["loss"], learning_rate=entry["learning_rate"])
-        if "eval_loss" in entry:
+        if VAL_LOSS in entry:
             row.update(_val_metrics(entry))
     return [rows[e] for e in sorted(rows) if "val_loss" in rows[e] and "train_loss" in rows[e]]
 
@@ -233,7 +258,7 @@ def run(
             train_dataset=train_ds,
             eval_dataset=val_ds,
             data_collator=DataCollatorWithPadding(tokenizer),
-            compute_metrics=compute_metrics,
+            compute_metrics=make_compute_metrics(alpha, loss_params),
             callbacks=[early] + ([swa_cb] if swa_cb else []),
             alpha=alpha,
             loss_params=loss_params,
@@ -245,9 +270,16 @@ def run(
         best, swa, kept = evaluate_best_and_swa(trainer, swa_cb, train_params.swa.keep)
         best, swa = _val_metrics(best), swa and _val_metrics(swa)
     epochs_run = len(history)
+    if swa_cb is not None and swa is None:
+        skipped = (f"early stopping ended training at epoch {epochs_run}, before train.swa.start_epoch="
+                   f"{train_params.swa.start_epoch}: no weights were averaged, the best checkpoint is kept")
+        print(f"train: WARNING: SWA did nothing: {skipped}")
+        swa = {"snapshots": 0, "skipped": skipped}
+    elif swa is not None:
+        swa = {**swa, "snapshots": swa_cb.snapshots}
     metrics = {
         "best": {**best, "epoch": _best_epoch(history)},
-        "swa": swa and {**swa, "snapshots": swa_cb.snapshots},
+        "swa": swa,
         "kept": kept,
         "epochs_run": epochs_run,
         "stop_reason": "early_stopping" if epochs_run < train_params.max_epochs else "max_epochs",

@@ -7,8 +7,18 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from stages import common
 from stages.focal_loss import LossParams
-from stages.swa import SWACallback, SwaParams, build_lr_scheduler, evaluate_best_and_swa
-from stages.train import ModelParams, TrainParams, history_from_logs, init_new_token_embeddings, run
+from stages.swa import VAL_LOSS, SWACallback, SwaParams, build_lr_scheduler, evaluate_best_and_swa
+from stages.train import (
+    FocalTrainer,
+    ModelParams,
+    TrainParams,
+    build_model,
+    history_from_logs,
+    init_new_token_embeddings,
+    make_compute_metrics,
+    run,
+    training_args,
+)
 from tiny_bert import build_tiny_bert
 
 LABELS = ["neg", "neu", "pos"]
@@ -60,7 +70,11 @@ def test_run_saves_swa_model_metrics_and_history(tiny_root):
     assert [h["epoch"] for h in history] == [1, 2, 3]
     # The post-training evaluations of the best and SWA models must not overwrite epoch 3.
     assert history[-1]["val_loss"] != metrics["swa"]["val_loss"]
-    assert {"train_loss", "val_loss", "val_macro_f1", "learning_rate"} <= set(history[0])
+    assert {"train_loss", "val_loss", "val_ce_loss", "val_macro_f1", "learning_rate"} <= set(history[0])
+    # The trainer runs our schedule: cosine after warmup in epoch 1, SWALR annealing to swa.lr
+    # during swa.start_epoch (2), then constant swa.lr (Trainer's own linear decay would reach ~0).
+    lrs = [h["learning_rate"] for h in history]
+    assert 5e-3 > lrs[0] > lrs[1] > 1e-3 and lrs[2] == pytest.approx(1e-3, rel=1e-9)
     assert (tiny_root / "plots/train/history.png").read_bytes()[:4] == b"\x89PNG"
     assert not list((tiny_root / "models").glob("**/checkpoint-*"))  # checkpoints never land in outs
 
@@ -100,7 +114,7 @@ def test_keep_decides_which_weights_stay_loaded():
         model = torch.nn.Linear(1, 1, bias=False)
 
         def evaluate(self):
-            return {"eval_loss": self.model.weight.item()}
+            return {VAL_LOSS: self.model.weight.item()}
 
     trainer = FakeTrainer()
     callback = SWACallback(start_epoch=1)
@@ -109,7 +123,7 @@ def test_keep_decides_which_weights_stay_loaded():
         callback.update(trainer.model)
     trainer.model.weight.data.fill_(1.0)  # the restored "best" model
     best, swa, kept = evaluate_best_and_swa(trainer, callback, keep="auto")
-    assert (best["eval_loss"], swa["eval_loss"], kept) == (1.0, 3.0, "best")
+    assert (best[VAL_LOSS], swa[VAL_LOSS], kept) == (1.0, 3.0, "best")
     assert trainer.model.weight.item() == 1.0
     _, _, kept = evaluate_best_and_swa(trainer, callback, keep="swa")
     assert kept == "swa" and trainer.model.weight.item() == 3.0
@@ -145,9 +159,9 @@ def test_new_token_embeddings_start_as_subtoken_mean(tmp_path):
 def test_history_merges_train_and_eval_logs_per_epoch():
     logs = [
         {"loss": 1.0, "learning_rate": 0.1, "epoch": 1.0},
-        {"eval_loss": 0.9, "eval_accuracy": 0.5, "eval_macro_f1": 0.4, "epoch": 1.0},
+        {VAL_LOSS: 0.9, "eval_ce_loss": 1.1, "eval_accuracy": 0.5, "eval_macro_f1": 0.4, "epoch": 1.0},
         {"loss": 0.5, "learning_rate": 0.05, "epoch": 2.0},
-        {"eval_loss": 0.8, "eval_accuracy": 0.6, "eval_macro_f1": 0.5, "epoch": 2.0},
+        {VAL_LOSS: 0.8, "eval_ce_loss": 1.0, "eval_accuracy": 0.6, "eval_macro_f1": 0.5, "epoch": 2.0},
         {"train_runtime": 3.0, "epoch": 2.0},
     ]
     history = history_from_logs(logs)
@@ -171,10 +185,114 @@ def test_run_on_the_tokenizer_stage_output(tiny_root, mode):
         tiny_root / "data/prepare/train.jsonl", tiny_root / "data/prepare/val.jsonl",
         tiny_root / "models/tokenizer", tiny_root / "m.json",
     )
-    metrics = run(*_params(tiny_root, max_epochs=1), root=tiny_root)
+    no_swa = SwaParams(enabled=False, start_epoch=2, lr=1e-3, keep="best")
+    metrics = run(*_params(tiny_root, max_epochs=1, swa=no_swa), root=tiny_root)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_root / "models/train")
     tokenizer = AutoTokenizer.from_pretrained(tiny_root / "models/train")
     assert model.get_input_embeddings().weight.shape[0] == len(tokenizer) == tok_metrics["vocab_size"]
     if mode == "extend":
         assert tok_metrics["tokens_added"] > 0
     assert metrics["epochs_run"] == 1
+
+
+def test_early_stop_before_swa_start_is_reported_not_silent(tiny_root, capsys):
+    flat = SwaParams(enabled=True, start_epoch=5, lr=1e-3, keep="swa")
+    params = _params(tiny_root, learning_rate=0.0, max_epochs=6, early_stopping_patience=2, swa=flat)
+    metrics = run(*params, root=tiny_root)
+    assert metrics["epochs_run"] == 3 and metrics["kept"] == "best"
+    assert metrics["swa"]["snapshots"] == 0 and "before train.swa.start_epoch=5" in metrics["swa"]["skipped"]
+    assert "WARNING: SWA did nothing" in capsys.readouterr().out
+    assert common.read_json(tiny_root / "metrics/train.json")["swa"] == metrics["swa"]
+
+
+@pytest.mark.parametrize(("swa", "max_epochs", "match"), [
+    (dict(start_epoch=1), 6, "start_epoch must be >= 2"),
+    (dict(lr=0.0), 6, "swa.lr must be > 0"),
+    (dict(start_epoch=7), 6, r"start_epoch \(7\) must be <= train.max_epochs \(6\)"),
+])
+def test_swa_settings_that_would_silently_do_nothing_fail_at_load(swa, max_epochs, match):
+    raw = {"max_epochs": max_epochs, "batch_size": 8, "learning_rate": 5e-5, "weight_decay": 0.01,
+           "warmup_ratio": 0.1, "early_stopping_patience": 3,
+           "swa": {"enabled": True, "start_epoch": 3, "lr": 2e-5, "keep": "swa", **swa}}
+    with pytest.raises(ValueError, match=match):
+        common.parse_params(TrainParams, raw, "train")
+
+
+def test_disabled_swa_may_start_after_the_last_epoch():
+    swa = {"enabled": False, "start_epoch": 9, "lr": 2e-5, "keep": "best"}
+    raw = {"max_epochs": 6, "batch_size": 8, "learning_rate": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.1,
+           "early_stopping_patience": 3, "swa": swa}
+    assert common.parse_params(TrainParams, raw, "train").swa.start_epoch == 9
+
+
+def test_validation_loss_does_not_depend_on_eval_batch_size():
+    g = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(90, 3, generator=g) * 2, torch.randint(0, 3, (90,), generator=g)
+    alpha = torch.tensor([0.38, 0.43, 0.19])
+    metrics = make_compute_metrics(alpha, LossParams(2.0, 0.1))((logits.numpy(), labels.numpy()))
+    # The same number as the loss over the whole set in one call, whatever batches produced the logits.
+    from stages.focal_loss import focal_loss
+
+    assert metrics["focal_loss"] == pytest.approx(focal_loss(logits, labels, alpha, 2.0, 0.1).item(), rel=1e-6)
+    assert metrics["ce_loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-6)
+
+
+def test_trainer_validation_loss_is_the_same_for_any_eval_batch_size(tiny_root, tmp_path):
+    seed, model_params, loss_params, train_params = _params(tiny_root)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_root / "base")
+    from stages.train import encode
+
+    val = encode(common.read_rows(tiny_root / "data/prepare/val.jsonl"), tokenizer, {l: i for i, l in enumerate(LABELS)}, 32)
+    losses = []
+    for eval_batch in (3, 5, 12):
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_root / "base")
+        args = training_args(str(tmp_path / f"e{eval_batch}"), train_params, seed)
+        args.per_device_eval_batch_size = eval_batch
+        from transformers import DataCollatorWithPadding
+
+        trainer = FocalTrainer(model=model, args=args, eval_dataset=val, data_collator=DataCollatorWithPadding(tokenizer),
+                               compute_metrics=make_compute_metrics(torch.tensor([0.2, 0.5, 0.3]), loss_params),
+                               alpha=torch.tensor([0.2, 0.5, 0.3]), loss_params=loss_params, train_params=train_params)
+        losses.append(trainer.evaluate()[VAL_LOSS])
+    assert losses == pytest.approx([losses[0]] * 3, rel=1e-5)
+
+
+def test_gradient_accumulation_gives_the_same_update_as_one_batch(tiny_root, tmp_path):
+    """GA=2 x 4 and GA=1 x 8 see the same 8 examples; with SGD the weights must match after one step."""
+    from transformers import BertForSequenceClassification, DataCollatorWithPadding
+
+    from stages.train import encode
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_root / "base")
+    rows = common.read_rows(tiny_root / "data/augment/train.jsonl")[:8]
+    data = encode(rows, tokenizer, {l: i for i, l in enumerate(LABELS)}, 32)
+    no_swa = SwaParams(enabled=False, start_epoch=2, lr=1e-3, keep="best")
+    seed, _, loss_params, _ = _params(tiny_root)
+    weights = []
+    for batch, accum in ((8, 1), (4, 2)):
+        train_params = TrainParams(max_epochs=1, batch_size=batch, learning_rate=0.5, weight_decay=0.0,
+                                   warmup_ratio=0.0, early_stopping_patience=1, swa=no_swa)
+        model = BertForSequenceClassification.from_pretrained(tiny_root / "base", hidden_dropout_prob=0.0,
+                                                              attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+        args = training_args(str(tmp_path / f"ga{accum}"), train_params, seed)
+        args.gradient_accumulation_steps, args.optim, args.max_steps = accum, "sgd", 1
+        args.eval_strategy = args.save_strategy = "no"
+        args.load_best_model_at_end = False
+        trainer = FocalTrainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer),
+                               alpha=torch.tensor([0.1, 0.6, 0.3]), loss_params=loss_params, train_params=train_params)
+        trainer.train()
+        weights.append(model.classifier.weight.detach().clone())
+    assert not torch.equal(weights[0], model.classifier.weight.new_zeros(weights[0].shape))
+    torch.testing.assert_close(weights[0], weights[1], rtol=1e-5, atol=1e-6)
+
+
+def test_build_model_starts_new_token_rows_at_their_subtoken_mean(tmp_path):
+    base = build_tiny_bert(tmp_path / "base", ["alpha beta"], num_labels=2)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    sub_ids = tokenizer("zolpidem", add_special_tokens=False)["input_ids"]
+    tokenizer.add_tokens(["zolpidem"])
+    meta = {"mode": "extend", "new_tokens": {"zolpidem": sub_ids}}
+    model = build_model(tokenizer, meta, ModelParams(str(base), 32), ["a", "b"], seed=0)
+    original = AutoModelForSequenceClassification.from_pretrained(base).get_input_embeddings().weight
+    row = model.get_input_embeddings().weight[tokenizer.convert_tokens_to_ids("zolpidem")]
+    torch.testing.assert_close(row, original[sub_ids].mean(0))
