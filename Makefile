@@ -34,7 +34,7 @@ report: install
 
 # Table + figure of finished experiments (queue them first: README, "Compare and CI").
 grid: install
-	$(BIN)/python -m tools.grid
+	$(BIN)/python -m tools.grid $(if $(REV),--rev '$(REV)')
 
 bench: install
 	$(BIN)/python bench/stage_resources.py

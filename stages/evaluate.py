@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.common import ROOT, ParamsError, atomic_file, load_section, read_json, read_rows, write_json, write_text
+from stages.common import ROOT, ParamsError, load_section, read_json, read_rows, save_png, write_json, write_text
 
 
 @dataclass(frozen=True)
@@ -134,12 +134,7 @@ def save_confusion_png(path: Path, y: np.ndarray, pred: np.ndarray, labels: list
     ConfusionMatrixDisplay(cm, display_labels=labels).plot(ax=ax, values_format="d", colorbar=False,
                                                              cmap="Blues", xticks_rotation=45)
     ax.set_title(f"Test confusion matrix (n={len(y)})")
-    fig.tight_layout()
-    try:
-        with atomic_file(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
+    save_png(fig, path)
 
 
 def run(params: EvaluateParams, model_dir: Path = ROOT / "models/train", data_dir: Path = ROOT / "data/prepare",

@@ -109,8 +109,10 @@ class FocalTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        # In evaluation the Trainer passes an example count, not our alpha mass: use the batch's own.
+        normalizer = num_items_in_batch if model.training else None
         loss = focal_loss(outputs.logits, inputs["labels"], self.alpha, self.loss_params.gamma,
-                          self.loss_params.label_smoothing, normalizer=num_items_in_batch)
+                          self.loss_params.label_smoothing, normalizer=normalizer)
         return (loss, outputs) if return_outputs else loss
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
@@ -218,12 +220,7 @@ def save_history_plot(history: list[dict], path: Path) -> None:
     ax_loss.legend()
     ax_f1.plot(epochs, [h["val_macro_f1"] for h in history], "o-", color="tab:green")
     ax_f1.set(xlabel="epoch", ylabel="macro-F1", title="Validation macro-F1", ylim=(0, 1))
-    fig.tight_layout()
-    try:
-        with common.atomic_file(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-    finally:
-        plt.close(fig)
+    common.save_png(fig, path)
 
 
 def run(

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.common import ROOT, atomic_file, write_text
+from stages.common import ROOT, save_png, write_text
 
 TEST_METRICS = "metrics/evaluate.json"
 SUMMARY = ("macro_f1", "accuracy", "weighted_f1", "ece")  # columns of the long table
@@ -46,11 +46,11 @@ def dotted(tree: dict[str, Any], key: str) -> Any:
     return tree
 
 
-def runs_from_exp_show(rows: list[dict]) -> list[Run]:
+def runs_from_exp_show(rows: list[dict], dedupe: bool = True) -> list[Run]:
     """Baseline commits and their experiments that have test metrics, from `dvc exp show --json`.
 
     The workspace entry is skipped (it is either the baseline again or uncommitted work);
-    runs with identical params are kept once (CPU runs are deterministic).
+    with `dedupe`, runs with identical params are kept once (CPU runs are deterministic).
     """
     def to_run(entry: dict) -> Run | None:
         data = entry.get("data") or {}
@@ -67,6 +67,8 @@ def runs_from_exp_show(rows: list[dict]) -> list[Run]:
         found.append(to_run(baseline))
         for group in baseline.get("experiments") or []:
             found += [to_run(rev) for rev in group.get("revs") or []]
+    if not dedupe:
+        return list(filter(None, found))
     unique: dict[str, Run] = {}
     for run in filter(None, found):
         unique.setdefault(json.dumps(canonical(run.params), sort_keys=True), run)
@@ -149,25 +151,21 @@ def save_figure(grid: dict[tuple[Any, Any], list[Run]], rows: str, cols: str, me
     ax.set(xlabel=rows, ylabel=f"test {metric}", title=f"Test {metric} per {rows} and {cols}")
     ax.set_ylim(0, min(1.0, 1.15 * max(max(m.metrics[metric] for m in ms) for ms in grid.values())))
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    try:
-        with atomic_file(path) as tmp:
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
+    save_png(fig, path)
 
 
-def exp_show(root: Path) -> list[dict]:
-    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json"]
+def exp_show(root: Path, rev: str | None = None) -> list[dict]:
+    """`dvc exp show --json` for the experiments of `rev` (default HEAD)."""
+    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json", *(["--rev", rev] if rev else [])]
     done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"dvc exp show failed:\n{done.stderr.strip()}")
     return json.loads(done.stdout or "[]")
 
 
-def run(rows: str, cols: str, metric: str, root: Path = ROOT) -> str:
-    """Table of the finished experiments; writes plots/grid/<metric>.{png,md} under `root`."""
-    grid = cells(runs_from_exp_show(exp_show(root)), rows, cols)
+def run(rows: str, cols: str, metric: str, root: Path = ROOT, rev: str | None = None) -> str:
+    """Table of the finished experiments of `rev`; writes plots/grid/<metric>.{png,md} under `root`."""
+    grid = cells(runs_from_exp_show(exp_show(root, rev)), rows, cols)
     if not grid:
         raise SystemExit(f"grid: no finished experiment has both {rows} and {cols} and {TEST_METRICS}; "
                          "queue some (`dvc exp run --queue -S ...`) and run them (`dvc queue start -j 1`)")
@@ -182,8 +180,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", default="loss.gamma", help="param whose values make the rows / x groups")
     parser.add_argument("--cols", default="alpha.method", help="param whose values make the columns / bars")
     parser.add_argument("--metric", default="macro_f1", help=f"key of {TEST_METRICS} to compare")
+    parser.add_argument("--rev", default=None, help="commit the experiments are based on (default: HEAD)")
     args = parser.parse_args(argv)
-    print(run(args.rows, args.cols, args.metric), end="")
+    print(run(args.rows, args.cols, args.metric, rev=args.rev), end="")
     print(f"\nwrote plots/grid/{args.metric}.png and plots/grid/{args.metric}.md")
 
 

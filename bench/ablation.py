@@ -1,0 +1,172 @@
+"""Ablation of the remedies, through the pipeline itself, over seeds.
+
+Each row adds one remedy to a plain cross-entropy fine-tune, ending at the default params;
+every row runs for each seed as a named DVC experiment (`abl-<row>-s<seed>`), queued and run
+one at a time. The report reads the finished experiments (`dvc exp show --json`) and the
+train times their `log` stage sent to MLflow, and prints mean +- std over seeds, next to
+the majority-class and TF-IDF + logistic-regression references (fitted on the same splits).
+
+    python bench/ablation.py queue [--seeds 42 43 44] && dvc queue start -j 1
+    python bench/ablation.py report [--rev <baseline commit>]  # table -> stdout, figure -> plots/ablation/
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from stages.common import ROOT, save_png, workspace_root  # noqa: E402
+from tools.grid import Run, exp_show, mean_std, runs_from_exp_show  # noqa: E402
+
+PLAIN = {"loss.gamma": 0, "alpha.method": "none", "loss.label_smoothing": 0, "train.swa.enabled": False,
+         "augment.enabled": False, "tokenizer.max_new_tokens": 0}
+# Cumulative: each row is the previous one plus one remedy; the last is params.yaml's default.
+STEPS = [
+    ("plain-ce", "plain CE fine-tune", {}),
+    ("weights", "+ class weights (alpha inverse)", {"alpha.method": "inverse"}),
+    ("focal", "+ focal loss (gamma 2)", {"loss.gamma": 2}),
+    ("smoothing", "+ label smoothing 0.1", {"loss.label_smoothing": 0.1}),
+    ("swa", "+ SWA", {"train.swa.enabled": True}),
+    ("backtrans", "+ back-translation", {"augment.enabled": True}),
+    ("tokenizer", "+ extended tokenizer (= default)", {"tokenizer.max_new_tokens": 200}),
+]
+COLUMNS = [("macro_f1", "test macro-F1"), ("accuracy", "accuracy"), ("neutral_f1", "neutral F1"), ("ece", "ECE")]
+
+
+def rows() -> list[tuple[str, str, dict]]:
+    """(name, label, full overrides) per row, cumulative over STEPS."""
+    out, current = [], dict(PLAIN)
+    for name, label, change in STEPS:
+        current = {**current, **change}
+        out.append((name, label, dict(current)))
+    return out
+
+
+def queue(seeds: list[int]) -> None:
+    for seed in seeds:  # all rows of one seed first: a partial run still compares every row
+        for name, _, overrides in rows():
+            sets = [a for key, value in {**overrides, "seed": seed}.items() for a in ("-S", f"{key}={value}")]
+            cmd = [sys.executable, "-m", "dvc", "exp", "run", "--queue", "-n", f"abl-{name}-s{seed}", *sets]
+            subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def train_times() -> dict[str, float]:
+    """Run name -> train wall time (s), from the MLflow store the log stage writes."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workspace_root() / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("text-classification")
+    runs = client.search_runs([experiment.experiment_id], max_results=5000) if experiment else []
+    return {r.info.run_name: r.data.metrics["runtime.train.wall_time_s"]
+            for r in runs if "runtime.train.wall_time_s" in r.data.metrics}
+
+
+def references(seeds: list[int]) -> list[tuple[str, dict[str, list[float]]]]:
+    """Majority class and TF-IDF + balanced logistic regression on each seed's prepare splits."""
+    import numpy as np
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    from stages.common import load_section, read_jsonl
+    from stages.evaluate import classification_metrics
+    from stages.prepare import DataParams, run as prepare
+
+    scores: dict[str, dict[str, list[float]]] = {"majority class": {}, "TF-IDF + LR (balanced)": {}}
+    for seed in seeds:
+        out = ROOT / f".cache/bench/prepare-s{seed}"
+        prepare(load_section(DataParams, "data"), seed, out_dir=out, metrics_path=out / "metrics.json")
+        train, test = read_jsonl(out / "train.jsonl"), read_jsonl(out / "test.jsonl")
+        labels = sorted({r["label"] for r in train})
+        y_train = np.array([labels.index(r["label"]) for r in train])
+        y_test = np.array([labels.index(r["label"]) for r in test])
+        majority = np.zeros((len(test), len(labels)))
+        majority[:, np.bincount(y_train).argmax()] = 1.0
+        vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+        clf = LogisticRegression(class_weight="balanced", max_iter=2000, random_state=seed)
+        clf.fit(vec.fit_transform([r["text"] for r in train]), y_train)
+        tfidf = clf.predict_proba(vec.transform([r["text"] for r in test]))
+        for name, probs in (("majority class", majority), ("TF-IDF + LR (balanced)", tfidf)):
+            m = classification_metrics(np.clip(probs, 1e-12, 1), y_test, labels, 10)
+            for key, value in flatten_test(m).items():
+                scores[name].setdefault(key, []).append(value)
+    return list(scores.items())
+
+
+def flatten_test(metrics: dict) -> dict[str, float]:
+    return {"macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"],
+            "neutral_f1": metrics["per_class"].get("neutral", {}).get("f1", float("nan")), "ece": metrics["ece"]}
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "—"
+    mean, std = mean_std(values)
+    return f"{mean:.3f} ± {std:.3f}" if len(values) > 1 else f"{mean:.3f}"
+
+
+def table(found: dict[str, list[Run]], times: dict[str, float], refs) -> str:
+    lines = ["| row | seeds | " + " | ".join(label for _, label in COLUMNS) + " | train time (s) |",
+             "|---|---|" + "---|" * len(COLUMNS) + "---|"]
+    for name, values in refs:
+        lines.append(f"| {name} (reference) | {len(values['macro_f1'])} | "
+                     + " | ".join(cell(values[k]) for k, _ in COLUMNS) + " | — |")
+    for name, label, _ in rows():
+        members = found.get(name, [])
+        stats = [cell([flatten_test(m.metrics)[k] for m in members]) for k, _ in COLUMNS]
+        secs = [times[m.name] for m in members if m.name in times]
+        lines.append(f"| {label} | {len(members)} | " + " | ".join(stats) + f" | {cell(secs).replace('.000', '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(found: dict[str, list[Run]], refs, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r} (ref)" for r, _ in refs] + [label for name, label, _ in rows() if found.get(name)]
+    stats = [mean_std(v["macro_f1"]) for _, v in refs]
+    stats += [mean_std([m.metrics["macro_f1"] for m in found[name]]) for name, _, _ in rows() if found.get(name)]
+    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * len(labels)), dpi=100)
+    ys = range(len(labels))[::-1]
+    ax.barh(list(ys), [s[0] for s in stats], xerr=[s[1] for s in stats], capsize=3,
+            color=["0.6"] * len(refs) + ["tab:blue"] * (len(labels) - len(refs)))
+    for y, (mean, _) in zip(ys, stats):
+        ax.text(mean + 0.01, y, f"{mean:.3f}", va="center", fontsize=8)
+    ax.set_yticks(list(ys), labels, fontsize=8)
+    ax.set(xlabel="test macro-F1 (mean ± std over seeds)", xlim=(0, 1), title="Ablation on the bundled drug reviews")
+    save_png(fig, path)
+
+
+def report(rev: str | None) -> str:
+    runs = runs_from_exp_show(exp_show(ROOT, rev), dedupe=False)
+    found: dict[str, list[Run]] = {}
+    for run in runs:
+        if run.name.startswith("abl-"):
+            found.setdefault(run.name[4:].rsplit("-s", 1)[0], []).append(run)
+    seeds = sorted({int(r.name.rsplit("-s", 1)[1]) for group in found.values() for r in group}) or [42]
+    refs = references(seeds)
+    figure(found, refs, ROOT / "plots/ablation/macro_f1.png")
+    return table(found, train_times(), refs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("queue", help="queue every row for every seed")
+    q.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    r = sub.add_parser("report", help="table (stdout) and figure of the finished rows")
+    r.add_argument("--rev", default=None, help="baseline commit of the experiments (default: HEAD)")
+    args = parser.parse_args()
+    if args.command == "queue":
+        queue(args.seeds)
+    else:
+        print(report(args.rev), end="")
+
+
+if __name__ == "__main__":
+    main()
