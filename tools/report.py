@@ -70,7 +70,9 @@ def fmt(value: object) -> str:
 def fmt_delta(change: Change) -> str:
     delta = change.delta
     if delta is None:
-        return "—" if change.old == change.new else "changed"
+        if change.old == change.new:
+            return "—"
+        return "new" if change.old is None else "removed" if change.new is None else "changed"
     rise_is_good = DIRECTION.get(change.key.rsplit(".", 1)[-1])
     if delta == 0 or rise_is_good is None:
         return f"{delta:+.4f}" if delta else "0"
@@ -191,7 +193,7 @@ def resolve_base(base: str | None, root: Path) -> tuple[str, str]:
             if has_commit(rev, root):
                 full = git("rev-parse", f"{rev}^{{commit}}", root=root).stdout.strip()
                 short = git("rev-parse", "--short", full, root=root).stdout.strip()
-                return short, how if rev == full else f"{rev}, {how}"
+                return short, how if rev in (full, short) else f"{rev}, {how}"
             problem = f"`{rev}` is not in this clone"
         if attempt == 0:
             fetched = fetch_for(base, root)
