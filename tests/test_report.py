@@ -87,7 +87,7 @@ def test_delta_column_marks_direction_only_for_quality_metrics():
     Change = report.Change
     assert report.fmt_delta(Change("m", "per_class.neutral.f1", 0.1, 0.3)) == "+0.2000 🟢"
     assert report.fmt_delta(Change("m", "ece", 0.1, 0.3)) == "+0.2000 🔻"
-    assert report.fmt_delta(Change("m", "swa.snapshots", 3, 2)) == "-1.0000"  # a count: no verdict
+    assert report.fmt_delta(Change("m", "swa.snapshots", 3, 2)) == "-1"  # a count: no verdict
     assert report.fmt_delta(Change("m", "best.val_ce_loss", None, 0.9)) == "new"
     assert report.fmt_delta(Change("m", "device", "cpu", None)) == "removed"
     assert report.fmt_delta(Change("m", "kept", "swa", "best")) == "changed"

@@ -74,9 +74,10 @@ def fmt_delta(change: Change) -> str:
             return "—"
         return "new" if change.old is None else "removed" if change.new is None else "changed"
     rise_is_good = DIRECTION.get(change.key.rsplit(".", 1)[-1])
+    text = f"{delta:+d}" if isinstance(delta, int) else f"{delta:+.4f}"
     if delta == 0 or rise_is_good is None:
-        return f"{delta:+.4f}" if delta else "0"
-    return f"{delta:+.4f} {'🟢' if (delta > 0) == rise_is_good else '🔻'}"
+        return text if delta else "0"
+    return f"{text} {'🟢' if (delta > 0) == rise_is_good else '🔻'}"
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
