@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from stages import common
 
@@ -25,11 +25,10 @@ from stages import common
 @dataclass(frozen=True)
 class AlphaParams:
     method: Literal["inverse", "effective_number", "none"]
-    beta: float
+    beta: Annotated[float, common.Range(0, 1, high_open=True, why="1 would weight every class equally by 0/0")]
 
     def __post_init__(self) -> None:
-        if not 0 <= self.beta < 1:
-            raise common.ParamsError(f"alpha.beta must be in [0, 1), got {self.beta}")
+        common.check_ranges(self, "alpha")
 
 
 def compute_alpha(counts: list[int], method: str, beta: float = 0.999) -> list[float]:

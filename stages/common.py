@@ -34,7 +34,50 @@ T = TypeVar("T")
 
 
 class ParamsError(ValueError):
-    """A params.yaml value is missing, unknown or of the wrong type."""
+    """A params.yaml value is missing, unknown, of the wrong type or out of range."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Allowed interval of a numeric param, attached as `Annotated[float, Range(...)]`.
+
+    `check_ranges` (called from each params dataclass's `__post_init__`) rejects a value
+    outside it with a message naming the key, the value and the interval.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low < value (instead of low <= value)
+    high_open: bool = False  # value < high (instead of value <= high)
+    why: str = ""
+
+    def __contains__(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        return f"{'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+
+AT_LEAST_1 = Range(1)
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+FRACTION = Range(0, 1, low_open=True, high_open=True)  # strictly between 0 and 1
+
+
+def check_ranges(params: Any, section: str) -> None:
+    """Raise ParamsError for the first field of dataclass `params` outside its `Range`."""
+    hints = typing.get_type_hints(type(params), include_extras=True)
+    for field in dataclasses.fields(params):
+        value = getattr(params, field.name)
+        for bound in getattr(hints[field.name], "__metadata__", ()):
+            if isinstance(bound, Range) and isinstance(value, (int, float)) and value not in bound:
+                why = f" ({bound.why})" if bound.why else ""
+                raise ParamsError(f"{section}.{field.name}: {value!r} is out of range, allowed {bound}{why}; "
+                                  f"fix it in {PARAMS_FILE.name}")
 
 
 def _check_value(where: str, value: Any, hint: Any) -> Any:
@@ -102,8 +145,9 @@ def load_section(cls: type[T], section: str, path: Path = PARAMS_FILE) -> T:
 
 def load_seed(path: Path = PARAMS_FILE) -> int:
     seed = read_params(path).get("seed")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ParamsError(f"{path}: top-level 'seed' must be an integer, got {seed!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ParamsError(f"seed: {seed!r} must be an integer in [0, 2**32) (numpy's seed range); "
+                          f"fix it in {path.name}")
     return seed
 
 

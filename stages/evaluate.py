@@ -14,22 +14,22 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
+from typing import Annotated
 from pathlib import Path
 
 import numpy as np
 
-from stages.common import ROOT, ParamsError, load_section, read_json, read_rows, save_png, write_json, write_text
+from stages.common import AT_LEAST_1, ROOT, Range, check_ranges, load_section, read_json, read_rows, save_png, write_json, write_text
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    batch_size: int  # inference only: memory, not results, depends on it
-    ece_bins: int  # equal-width confidence bins for the expected calibration error
+    batch_size: Annotated[int, AT_LEAST_1]  # inference only: memory, not results, depends on it
+    # Equal-width confidence bins for the expected calibration error; one bin measures nothing.
+    ece_bins: Annotated[int, Range(2, why="one bin cannot tell confidences apart")]
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "ece_bins"):
-            if getattr(self, name) < 1:
-                raise ParamsError(f"evaluate.{name} must be >= 1, got {getattr(self, name)}")
+        check_ranges(self, "evaluate")
 
 
 def load_split(path: Path, labels: list[str]) -> tuple[list[str], list[str], np.ndarray]:

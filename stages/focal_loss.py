@@ -28,23 +28,23 @@ Used by: stages/train.py (params section `loss`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+
+from stages.common import Range, check_ranges
 
 GAP_FLOOR = 1e-6  # |q - p| floor: keeps d/dp |q - p|^gamma finite for gamma < 1
 
 
 @dataclass(frozen=True)
 class LossParams:
-    gamma: float
-    label_smoothing: float
+    gamma: Annotated[float, Range(0)]
+    label_smoothing: Annotated[float, Range(0, 1, high_open=True, why="1 would make every target uniform")]
 
     def __post_init__(self) -> None:
-        if self.gamma < 0:
-            raise ValueError(f"loss.gamma must be >= 0, got {self.gamma}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        check_ranges(self, "loss")
 
 
 def soft_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:

@@ -27,11 +27,12 @@ import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from stages.common import ROOT, ParamsError, atomic_dir, load_section, load_seed, write_json, write_jsonl
+from stages.common import FRACTION, ROOT, Range, atomic_dir, check_ranges, load_section, load_seed, write_json, write_jsonl
 
 Row = dict[str, str]
 DROP_KINDS = ("empty", "duplicates", "label_conflicts", "cross_split_leaks")
@@ -39,20 +40,16 @@ DROP_KINDS = ("empty", "duplicates", "label_conflicts", "cross_split_leaks")
 
 @dataclass(frozen=True)
 class DataParams:
-    source: str = "drugreview"  # drugreview | bbcnews | path to a .csv/.jsonl file
-    text_column: str = "text"
-    label_column: str = "label"
-    test_path: str | None = None
-    test_fraction: float = 0.2
-    val_fraction: float = 0.15
-    min_class_count: int = 2
+    source: str  # drugreview | bbcnews | path to a .csv/.jsonl file
+    text_column: str
+    label_column: str
+    test_path: str | None
+    test_fraction: Annotated[float, FRACTION]
+    val_fraction: Annotated[float, FRACTION]
+    min_class_count: Annotated[int, Range(2, why="a stratified split needs two rows of every class")]
 
     def __post_init__(self) -> None:
-        for key in ("test_fraction", "val_fraction"):
-            if not 0 < getattr(self, key) < 1:
-                raise ParamsError(f"data.{key} must be between 0 and 1 (exclusive), got {getattr(self, key)}")
-        if self.min_class_count < 2:  # a stratified split needs two rows of every class
-            raise ParamsError(f"data.min_class_count must be at least 2, got {self.min_class_count}")
+        check_ranges(self, "data")
 
 
 class DataError(ValueError):

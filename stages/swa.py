@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch.optim.swa_utils import SWALR, AveragedModel
 from transformers import TrainerCallback, get_cosine_schedule_with_warmup
+
+from stages.common import POSITIVE, Range, check_ranges
 
 
 # The Trainer's key for the validation loss that early stopping and `keep: auto` compare: the
@@ -29,17 +31,14 @@ VAL_LOSS = "eval_focal_loss"
 @dataclass(frozen=True)
 class SwaParams:
     enabled: bool
-    start_epoch: int  # 1-based: the first epoch whose end-of-epoch weights are averaged
-    lr: float
+    # 1-based: the first epoch whose end-of-epoch weights are averaged. Epoch 1 is the warmup and
+    # the climb out of the random head; averaging it in (or starting SWALR in it) drops the warmup.
+    start_epoch: Annotated[int, Range(2, why="epoch 1 is the warmup")]
+    lr: Annotated[float, POSITIVE]
     keep: Literal["best", "swa", "auto"]  # auto: whichever has the lower validation loss
 
     def __post_init__(self) -> None:
-        # Epoch 1 is the warmup and the climb out of the random head; averaging it in (or
-        # switching to SWALR during it) would silently drop the warmup.
-        if self.start_epoch < 2:
-            raise ValueError(f"train.swa.start_epoch must be >= 2 (epoch 1 is warmup), got {self.start_epoch}")
-        if not self.lr > 0:
-            raise ValueError(f"train.swa.lr must be > 0, got {self.lr}")
+        check_ranges(self, "train.swa")
 
 
 def build_lr_scheduler(optimizer, total_steps: int, steps_per_epoch: int, warmup_ratio: float, swa: SwaParams):

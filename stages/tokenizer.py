@@ -21,7 +21,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
@@ -40,11 +40,16 @@ MIN_WORD_CHARS = 3  # shorter words are cheap to split and mostly already in the
 
 @dataclass(frozen=True)
 class TokenizerParams:
-    mode: Literal["extend", "scratch"] = "extend"
-    vocab_size: int = 4000  # SentencePiece target; a small corpus stops earlier (no hard limit)
-    model_type: Literal["unigram", "bpe"] = "unigram"
-    max_new_tokens: int = 200  # extend: cap on new embedding rows
-    min_frequency: int = 5  # extend: a word must occur this often in train
+    mode: Literal["extend", "scratch"]
+    # SentencePiece target; a small corpus stops earlier (no hard limit). It must hold the
+    # specials and the alphabet, and in scratch mode it is the model's whole vocabulary.
+    vocab_size: Annotated[int, common.Range(32, why="room for the special tokens and the alphabet")]
+    model_type: Literal["unigram", "bpe"]
+    max_new_tokens: Annotated[int, common.NON_NEGATIVE]  # extend: cap on new embedding rows (0: the base tokenizer)
+    min_frequency: Annotated[int, common.AT_LEAST_1]  # extend: a word must occur this often in train
+
+    def __post_init__(self) -> None:
+        common.check_ranges(self, "tokenizer")
 
 
 def load_model_name(path: Path = common.PARAMS_FILE) -> str:

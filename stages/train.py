@@ -22,6 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -44,22 +45,26 @@ from stages.swa import VAL_LOSS, SWACallback, SwaParams, build_lr_scheduler, eva
 @dataclass(frozen=True)
 class ModelParams:
     name: str
-    max_length: int
+    max_length: Annotated[int, common.Range(8, why="[CLS] ... [SEP] around a few tokens of text")]
+
+    def __post_init__(self) -> None:
+        common.check_ranges(self, "model")
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    max_epochs: int
-    batch_size: int
-    learning_rate: float
-    weight_decay: float
-    warmup_ratio: float
-    early_stopping_patience: int
+    max_epochs: Annotated[int, common.AT_LEAST_1]
+    batch_size: Annotated[int, common.AT_LEAST_1]
+    learning_rate: Annotated[float, common.POSITIVE]
+    weight_decay: Annotated[float, common.NON_NEGATIVE]
+    warmup_ratio: Annotated[float, common.Range(0, 1, high_open=True)]
+    early_stopping_patience: Annotated[int, common.AT_LEAST_1]
     swa: SwaParams
 
     def __post_init__(self) -> None:
+        common.check_ranges(self, "train")
         if self.swa.enabled and self.swa.start_epoch > self.max_epochs:
-            raise ValueError(f"train.swa.start_epoch ({self.swa.start_epoch}) must be <= train.max_epochs "
+            raise common.ParamsError(f"train.swa.start_epoch ({self.swa.start_epoch}) must be <= train.max_epochs "
                              f"({self.max_epochs}), or SWA would never average anything; or set train.swa.enabled: false")
 
 

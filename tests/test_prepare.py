@@ -26,6 +26,13 @@ from stages.prepare import (
 )
 
 
+def data_params(**overrides) -> DataParams:
+    """The `data` section with params.yaml's documented values, changed by `overrides`."""
+    raw = {"source": "drugreview", "text_column": "text", "label_column": "label", "test_path": None,
+           "test_fraction": 0.2, "val_fraction": 0.15, "min_class_count": 2}
+    return DataParams(**{**raw, **overrides})
+
+
 def rows_of(labels, prefix="train"):
     return [{"id": f"{prefix}-{i:06d}", "text": f"text number {i}", "label": y} for i, y in enumerate(labels)]
 
@@ -78,7 +85,7 @@ def test_make_splits_with_test_file_drops_leaks_from_train_only():
     test = [{"id": "test-000000", "text": "text number 3", "label": "b"},
             {"id": "test-000001", "text": "text number 3", "label": "b"},
             {"id": "test-000002", "text": "", "label": "a"}]
-    splits, dropped = make_splits(train, test, DataParams(source="x.csv"), seed=0)
+    splits, dropped = make_splits(train, test, data_params(source="x.csv"), seed=0)
     assert [r["id"] for r in splits["test"]] == ["test-000000"]
     assert "train-000003" not in {r["id"] for r in splits["train"] + splits["val"]}
     assert len(splits["train"]) + len(splits["val"]) == 39
@@ -106,7 +113,7 @@ def test_stratified_split_is_deterministic_per_seed():
 
 def test_make_splits_without_test_file_gives_disjoint_stratified_splits():
     rows = rows_of(["a"] * 60 + ["b"] * 40) + rows_of(["a"], prefix="dup")  # "dup" repeats text 0
-    params = DataParams(source="x.csv", test_fraction=0.2, val_fraction=0.25)
+    params = data_params(source="x.csv", test_fraction=0.2, val_fraction=0.25)
     splits, dropped = make_splits(rows, None, params, seed=3)
     texts = {name: {r["text"] for r in split} for name, split in splits.items()}
     assert not texts["train"] & texts["val"] and not texts["train"] & texts["test"]
@@ -133,7 +140,7 @@ def test_params_dataclass_mirrors_params_yaml_data_section():
 @pytest.mark.parametrize("change", [{"val_fraction": 0.0}, {"test_fraction": 1.0}, {"min_class_count": 1}])
 def test_params_out_of_range_are_rejected(change):
     with pytest.raises(ParamsError, match=next(iter(change))):
-        DataParams(**change)
+        data_params(**change)
 
 
 def test_missing_file_error_names_path(tmp_path):
@@ -207,14 +214,14 @@ def test_test_label_unseen_in_train_is_rejected():
 
 def test_test_path_with_bundled_source_is_rejected():
     with pytest.raises(DataError, match="test_path is only for your own file"):
-        load_source(DataParams(source="drugreview", test_path="x.csv"))
+        load_source(data_params(source="drugreview", test_path="x.csv"))
 
 
 def test_bad_input_writes_nothing(tmp_path):
     path = write_csv(tmp_path / "d.csv", ["text", "label"], [[f"t{i}", "only"] for i in range(20)])
     out, metrics = tmp_path / "out" / "prepare", tmp_path / "metrics.json"
     with pytest.raises(DataError):
-        run(DataParams(source=str(path)), 0, out, metrics)
+        run(data_params(source=str(path)), 0, out, metrics)
     assert not (tmp_path / "out").exists() and not metrics.exists()  # not even a temp dir
 
 
@@ -226,7 +233,7 @@ def test_run_on_csv_writes_stratified_splits_and_metrics(tmp_path):
     rows.append(["review 1 & more", "bad"])  # same text as row 1 once unescaped, other label
     path = write_csv(tmp_path / "mine.csv", ["body", "stars"], rows)
     out, metrics_path = tmp_path / "prepare", tmp_path / "metrics" / "prepare.json"
-    params = DataParams(source=str(path), text_column="body", label_column="stars")
+    params = data_params(source=str(path), text_column="body", label_column="stars")
     metrics = run(params, 42, out, metrics_path)
     splits = {name: read_jsonl(out / f"{name}.jsonl") for name in ("train", "val", "test")}
     assert json.loads((out / "labels.json").read_text()) == ["bad", "good"]
@@ -246,7 +253,7 @@ def test_run_on_jsonl_with_test_file_keeps_test_and_drops_leaks(tmp_path):
     train_path = write_lines(tmp_path / "tr.jsonl", train)
     test_path = write_lines(tmp_path / "te.jsonl", test)
     out = tmp_path / "prepare"
-    metrics = run(DataParams(source=str(train_path), test_path=str(test_path)), 0, out, tmp_path / "m.json")
+    metrics = run(data_params(source=str(train_path), test_path=str(test_path)), 0, out, tmp_path / "m.json")
     test_rows = read_jsonl(out / "test.jsonl")
     assert [r["id"] for r in test_rows] == [f"test-{i:06d}" for i in range(4)]
     assert metrics["totals"]["train"] + metrics["totals"]["val"] == 28

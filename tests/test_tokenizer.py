@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
@@ -107,7 +108,7 @@ def test_extend_run_adds_frequent_split_words(base_dir: Path, tmp_path: Path) ->
 def test_scratch_tokenizer_is_the_sentencepiece_model_with_bert_framing(
     base_dir: Path, tmp_path: Path, model_type: str
 ) -> None:
-    params = stage.TokenizerParams(mode="scratch", vocab_size=300, model_type=model_type)
+    params = dataclasses.replace(PARAMS, mode="scratch", model_type=model_type)
     metrics = run_stage(tmp_path, base_dir, params)
     out = tmp_path / "out/tokenizer"
     tok = AutoTokenizer.from_pretrained(out)
@@ -122,7 +123,7 @@ def test_scratch_tokenizer_is_the_sentencepiece_model_with_bert_framing(
 
 
 def test_scratch_tokenizer_feeds_a_bert_of_its_vocab_size(base_dir: Path, tmp_path: Path) -> None:
-    run_stage(tmp_path, base_dir, stage.TokenizerParams(mode="scratch", vocab_size=300))
+    run_stage(tmp_path, base_dir, dataclasses.replace(PARAMS, mode="scratch"))
     tok = AutoTokenizer.from_pretrained(tmp_path / "out/tokenizer")
     config = BertConfig.from_pretrained(base_dir, vocab_size=len(tok), pad_token_id=tok.pad_token_id)
     batch = tok(TRAIN[:3], padding=True, return_tensors="pt")

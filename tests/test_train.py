@@ -87,9 +87,10 @@ def test_same_seed_gives_same_metrics_on_cpu(tiny_root):
 
 
 def test_early_stopping_on_flat_validation_loss(tiny_root):
-    # lr=0 (and no SWA LR) keeps the val loss constant, so no epoch improves on the first.
+    # lr=1e-30 (and no SWA) is below float32 resolution of every weight: the val loss stays
+    # exactly constant, so no epoch improves on the first.
     no_swa = SwaParams(enabled=False, start_epoch=2, lr=1e-3, keep="best")
-    params = _params(tiny_root, learning_rate=0.0, max_epochs=6, early_stopping_patience=2, swa=no_swa)
+    params = _params(tiny_root, learning_rate=1e-30, max_epochs=6, early_stopping_patience=2, swa=no_swa)
     metrics = run(*params, root=tiny_root)
     assert metrics["epochs_run"] == 3 and metrics["stop_reason"] == "early_stopping"
     assert metrics["swa"] is None and metrics["kept"] == "best"
@@ -197,7 +198,7 @@ def test_run_on_the_tokenizer_stage_output(tiny_root, mode):
 
 def test_early_stop_before_swa_start_is_reported_not_silent(tiny_root, capsys):
     flat = SwaParams(enabled=True, start_epoch=5, lr=1e-3, keep="swa")
-    params = _params(tiny_root, learning_rate=0.0, max_epochs=6, early_stopping_patience=2, swa=flat)
+    params = _params(tiny_root, learning_rate=1e-30, max_epochs=6, early_stopping_patience=2, swa=flat)
     metrics = run(*params, root=tiny_root)
     assert metrics["epochs_run"] == 3 and metrics["kept"] == "best"
     assert metrics["swa"]["snapshots"] == 0 and "before train.swa.start_epoch=5" in metrics["swa"]["skipped"]
@@ -206,8 +207,8 @@ def test_early_stop_before_swa_start_is_reported_not_silent(tiny_root, capsys):
 
 
 @pytest.mark.parametrize(("swa", "max_epochs", "match"), [
-    (dict(start_epoch=1), 6, "start_epoch must be >= 2"),
-    (dict(lr=0.0), 6, "swa.lr must be > 0"),
+    (dict(start_epoch=1), 6, r"train.swa.start_epoch: 1 is out of range, allowed >= 2 \(epoch 1 is the warmup\)"),
+    (dict(lr=0.0), 6, r"train.swa.lr: 0.0 is out of range, allowed > 0"),
     (dict(start_epoch=7), 6, r"start_epoch \(7\) must be <= train.max_epochs \(6\)"),
 ])
 def test_swa_settings_that_would_silently_do_nothing_fail_at_load(swa, max_epochs, match):
