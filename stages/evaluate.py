@@ -50,7 +50,8 @@ def predict_proba(model_dir: Path, texts: list[str], n_labels: int, max_length: 
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(device).eval()
+    # safetensors only: a pickled .bin from an untrusted dir could run code on load
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).to(device).eval()
     if model.config.num_labels != n_labels:
         raise ValueError(f"{model_dir}: model has {model.config.num_labels} classes, labels.json has {n_labels}")
     # Batch texts of similar length together: less padding, same logits (attention mask).

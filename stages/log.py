@@ -19,6 +19,8 @@ import os
 import re
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,11 +199,31 @@ def _log_run(params: LogParams, root: Path, tracking_uri: str) -> str:
     return active.info.run_id
 
 
+def check_server(uri: str, root: Path, timeout: float = 10.0) -> None:
+    """Fail fast, naming the URI and the fallback, when an HTTP tracking server does not answer.
+
+    MLflow's own client retries for minutes; a stage that hangs that long looks broken.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except urllib.error.HTTPError:
+        return  # it answered (auth, no /health route, ...): a server is there
+    except (OSError, ValueError) as err:
+        raise ConnectionError(
+            f"log: cannot reach the MLflow tracking server at MLFLOW_TRACKING_URI={uri} ({err}). Start it or fix "
+            f"the URI; or log to the local store instead: `unset MLFLOW_TRACKING_URI && dvc repro log` "
+            f"(sqlite:///{workspace_root(root) / 'mlflow.db'}). The outputs of the earlier stages are kept."
+        ) from err
+
+
 def run(params: LogParams, root: Path = ROOT, tracking_uri: str | None = None) -> dict:
     """Log the pipeline under `root` to MLflow; returns the run id and store URI."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     check_inputs(root)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace_root(root) / 'mlflow.db'}"
+    check_server(uri, root)
     run_id = log_run(params, root, uri)
     print(f"log: MLflow run {run_id} in experiment '{params.experiment_name}'\n"
           f"view it: mlflow ui --backend-store-uri {uri}")

@@ -122,16 +122,32 @@ def make_splits(
     rows: list[Row], test: list[Row] | None, params: DataParams, seed: int
 ) -> tuple[dict[str, list[Row]], Counter]:
     """Clean, dedupe and split into {"train", "val", "test"}; `test` None => split it off `rows`."""
-    rows, dropped = clean_rows(rows)
-    if test is None:
-        train_pool, test = stratified_split(rows, params.test_fraction, seed, "test")
-    else:
+    pool, dropped = clean_rows(rows)
+    if test is not None:
         test, test_dropped = clean_rows(test)
         dropped += test_dropped
-        train_pool, dropped["cross_split_leaks"] = drop_leaks(rows, test)
-    check_classes(train_pool, test, params.min_class_count)
-    train, val = stratified_split(train_pool, params.val_fraction, seed, "validation")
+        pool, dropped["cross_split_leaks"] = drop_leaks(pool, test)
+    try:
+        train_pool = pool
+        if test is None:
+            train_pool, test = stratified_split(pool, params.test_fraction, seed, "test")
+        check_classes(train_pool, test, params.min_class_count)
+        train, val = stratified_split(train_pool, params.val_fraction, seed, "validation")
+    except DataError as e:
+        raise DataError(f"{e}{dropped_note(rows, pool, dropped)}") from e
     return {"train": train, "val": val, "test": test}, dropped
+
+
+def dropped_note(source: list[Row], kept: list[Row], dropped: Counter) -> str:
+    """Why a class may have become too small: rows dropped before the split, by reason and class."""
+    if not +dropped:
+        return ""
+    lost = Counter(r["label"] for r in source) - Counter(r["label"] for r in kept)
+    reasons = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(dropped.items()) if n)
+    per_class = ", ".join(f"'{label}' lost {n}" for label, n in sorted(lost.items()))
+    return (f" (Before splitting, {sum(dropped.values())} rows were dropped: {reasons}"
+            f"{'; ' + per_class if per_class else ''}. Empty texts, repeated texts and texts also in the test "
+            "file are removed so no row is seen twice.)")
 
 
 def split_metrics(splits: dict[str, list[Row]], labels: list[str], dropped: Counter) -> dict:
@@ -246,6 +262,10 @@ def read_table(path: Path, text_column: str, label_column: str, prefix: str) -> 
         records = _jsonl_records(path, columns)
     else:
         raise DataError(f"{path}: unknown file type '{path.suffix}'; use a .csv or .jsonl file")
+    if not records:
+        has = "only a header" if path.suffix.lower() == ".csv" else "no lines"
+        raise DataError(f"{path}: no data rows (the file has {has}); add rows or point data.source / "
+                        "data.test_path at another file")
     return [_table_row(path, where, i, prefix, t, y) for i, (where, t, y) in enumerate(records)]
 
 

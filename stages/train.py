@@ -82,7 +82,8 @@ def build_model(tokenizer, meta: dict, model_params: ModelParams, labels: list[s
         config.vocab_size = len(tokenizer)
         config.pad_token_id = tokenizer.pad_token_id
         return AutoModelForSequenceClassification.from_config(config)
-    model = AutoModelForSequenceClassification.from_pretrained(source, **label_kwargs)
+    # safetensors only (a pickled .bin could run code on load); remote code is never trusted
+    model = AutoModelForSequenceClassification.from_pretrained(source, use_safetensors=True, **label_kwargs)
     if meta["new_tokens"]:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # rows set just below
         init_new_token_embeddings(model, tokenizer, meta["new_tokens"])

@@ -227,3 +227,14 @@ def test_log_stage_against_a_real_mlflow_server(tmp_path, mlflow_server):
     artifacts = {a.path for a in client.list_artifacts(run_info.info.run_id)}
     assert {"metrics", "plots", "model", "params.yaml", "dvc.lock", "model_card.md"} <= artifacts
     assert any((tmp_path / "art").rglob("model_card.md"))  # uploaded through the server
+
+
+def test_unreachable_tracking_server_fails_fast_naming_uri_and_fallback(tmp_path):
+    import time
+
+    make_root(tmp_path)
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match=rf"MLFLOW_TRACKING_URI={uri} .*unset MLFLOW_TRACKING_URI"):
+        run(LogParams(experiment_name="x"), root=tmp_path, tracking_uri=uri)
+    assert time.monotonic() - start < 30

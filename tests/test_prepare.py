@@ -279,3 +279,21 @@ def test_bbcnews_loader_reads_every_article_with_five_labels():
     assert test is None and len(rows) == 2225
     assert Counter(r["label"] for r in rows)["business"] == 510
     assert len({r["label"] for r in rows}) == 5 and len({r["id"] for r in rows}) == 2225
+
+
+def test_class_too_small_after_dropping_rows_says_what_was_dropped():
+    # 'b' has 4 rows, but 2 are duplicates and 1 is empty: one row is left, too few to stratify.
+    labels = ["a"] * 20 + ["b"] * 4
+    rows = rows_of(labels)
+    rows[21]["text"], rows[22]["text"], rows[23]["text"] = rows[20]["text"], rows[20]["text"], "   "
+    with pytest.raises(DataError, match=r"Before splitting, 3 rows were dropped: 2 duplicates, 1 empty; 'b' lost 3"):
+        make_splits(rows, None, data_params(source="x.csv"), seed=0)
+
+
+@pytest.mark.parametrize(("name", "content"), [("h.csv", "text,label\n"), ("e.jsonl", "")])
+def test_file_without_data_rows_says_so(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(DataError, match=rf"{name}: no data rows"):
+        run(data_params(source=str(path)), 0, tmp_path / "out", tmp_path / "m.json")
+    assert not (tmp_path / "out").exists()

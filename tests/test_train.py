@@ -297,3 +297,26 @@ def test_build_model_starts_new_token_rows_at_their_subtoken_mean(tmp_path):
     original = AutoModelForSequenceClassification.from_pretrained(base).get_input_embeddings().weight
     row = model.get_input_embeddings().weight[tokenizer.convert_tokens_to_ids("zolpidem")]
     torch.testing.assert_close(row, original[sub_ids].mean(0))
+
+
+def test_weights_load_from_safetensors_only(tmp_path):
+    import shutil
+
+    base = build_tiny_bert(tmp_path / "base", ["alpha beta"], num_labels=2)
+    model = AutoModelForSequenceClassification.from_pretrained(base)
+    pickled = tmp_path / "pickled"
+    shutil.copytree(base, pickled)
+    (pickled / "model.safetensors").unlink()
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")  # what an old or hostile dir may hold
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    meta = {"mode": "extend", "new_tokens": {}}
+    with pytest.raises(OSError, match="safetensors"):
+        build_model(tokenizer, meta, ModelParams(str(pickled), 32), ["a", "b"], seed=0)
+    assert build_model(tokenizer, meta, ModelParams(str(base), 32), ["a", "b"], seed=0) is not None
+
+
+def test_no_stage_enables_remote_code():
+    from pathlib import Path
+
+    for path in (Path(__file__).resolve().parent.parent / "stages").glob("*.py"):
+        assert "trust_remote_code" not in path.read_text(), path
