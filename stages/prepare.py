@@ -36,6 +36,8 @@ from stages.common import FRACTION, ROOT, Range, atomic_dir, check_ranges, load_
 
 Row = dict[str, str]
 DROP_KINDS = ("empty", "duplicates", "label_conflicts", "cross_split_leaks")
+# Users' data files live here: the directory is a dependency of prepare in dvc.yaml.
+RAW_DIR = ROOT / "data" / "raw"
 
 
 @dataclass(frozen=True)
@@ -269,7 +271,17 @@ def read_table(path: Path, text_column: str, label_column: str, prefix: str) -> 
     return [_table_row(path, where, i, prefix, t, y) for i, (where, t, y) in enumerate(records)]
 
 
-def load_source(params: DataParams) -> tuple[list[Row], list[Row] | None, dict[str, str]]:
+def tracked_path(key: str, value: str, raw_dir: Path) -> Path:
+    """`value` as a path, which must lie under data/raw/: only there is it a DVC dependency of prepare."""
+    path = (ROOT / value).resolve()
+    if not path.is_relative_to(raw_dir.resolve()):
+        raise DataError(f"data.{key}: {value} is outside {raw_dir}, so DVC would not notice when it changes and "
+                        f"`dvc repro` would keep stale results; move or copy it there (`cp {value} {raw_dir}/`) "
+                        f"and set data.{key} to the new path")
+    return path
+
+
+def load_source(params: DataParams, raw_dir: Path = RAW_DIR) -> tuple[list[Row], list[Row] | None, dict[str, str]]:
     """(train-source rows, test rows or None, sha256 per file read) for `data.source`."""
     bundled = {"drugreview": load_drugreview, "bbcnews": load_bbcnews}
     if params.source in bundled:
@@ -278,15 +290,17 @@ def load_source(params: DataParams) -> tuple[list[Row], list[Row] | None, dict[s
         return bundled[params.source]()
     columns = (params.text_column, params.label_column)
     files = {key: value for key, value in (("train", params.source), ("test", params.test_path)) if value}
-    rows = {key: read_table(ROOT / value, *columns, key) for key, value in files.items()}
+    paths = {key: tracked_path("source" if key == "train" else "test_path", value, raw_dir)
+             for key, value in files.items()}
+    rows = {key: read_table(path, *columns, key) for key, path in paths.items()}
     # keyed by the path as written in params.yaml, so the lineage record doesn't depend on the checkout dir
-    return rows["train"], rows.get("test"), {value: sha256_of([ROOT / value]) for value in files.values()}
+    return rows["train"], rows.get("test"), {files[key]: sha256_of([path]) for key, path in paths.items()}
 
 
 def run(params: DataParams, seed: int, out_dir: Path = ROOT / "data" / "prepare",
-        metrics_path: Path = ROOT / "metrics" / "prepare.json") -> dict:
+        metrics_path: Path = ROOT / "metrics" / "prepare.json", raw_dir: Path = RAW_DIR) -> dict:
     """Load, clean and split `data.source`; write the splits and metrics. Bad input writes nothing."""
-    rows, test, hashes = load_source(params)
+    rows, test, hashes = load_source(params, raw_dir)
     print(f"prepare: read {len(rows)} source rows, {'no' if test is None else len(test)} test rows")
     splits, dropped = make_splits(rows, test, params, seed)
     labels = sorted({r["label"] for r in splits["train"]})

@@ -153,6 +153,12 @@ def test_dvc_repro_end_to_end_on_tiny_profile(tmp_path):
     sh(root, "git", "add", "-A")
     sh(root, "git", "commit", "-qm", "tiny baseline")
     assert sh(root, "git", "status", "--porcelain") == ""
+    # The user's data file is tracked: editing it makes prepare (and all after it) stale.
+    with open(root / "data/raw/tiny.csv", "a", encoding="utf-8") as f:
+        f.write('"one more mild review",neutral\n')
+    assert "prepare:" in sh(root, "dvc", "status")
+    sh(root, "git", "checkout", "--", "data/raw/tiny.csv")
+    assert "prepare:" not in sh(root, "dvc", "status")
     # Re-translating with a cold cache, then re-running with a warm one, changes no committed file.
     for cache in ("cold", "warm"):
         if cache == "cold":

@@ -221,7 +221,7 @@ def test_bad_input_writes_nothing(tmp_path):
     path = write_csv(tmp_path / "d.csv", ["text", "label"], [[f"t{i}", "only"] for i in range(20)])
     out, metrics = tmp_path / "out" / "prepare", tmp_path / "metrics.json"
     with pytest.raises(DataError):
-        run(data_params(source=str(path)), 0, out, metrics)
+        run(data_params(source=str(path)), 0, out, metrics, raw_dir=tmp_path)
     assert not (tmp_path / "out").exists() and not metrics.exists()  # not even a temp dir
 
 
@@ -234,7 +234,7 @@ def test_run_on_csv_writes_stratified_splits_and_metrics(tmp_path):
     path = write_csv(tmp_path / "mine.csv", ["body", "stars"], rows)
     out, metrics_path = tmp_path / "prepare", tmp_path / "metrics" / "prepare.json"
     params = data_params(source=str(path), text_column="body", label_column="stars")
-    metrics = run(params, 42, out, metrics_path)
+    metrics = run(params, 42, out, metrics_path, raw_dir=tmp_path)
     splits = {name: read_jsonl(out / f"{name}.jsonl") for name in ("train", "val", "test")}
     assert json.loads((out / "labels.json").read_text()) == ["bad", "good"]
     assert {n: len(s) for n, s in splits.items()} == metrics["totals"] == {"train": 40, "val": 8, "test": 12}
@@ -253,7 +253,8 @@ def test_run_on_jsonl_with_test_file_keeps_test_and_drops_leaks(tmp_path):
     train_path = write_lines(tmp_path / "tr.jsonl", train)
     test_path = write_lines(tmp_path / "te.jsonl", test)
     out = tmp_path / "prepare"
-    metrics = run(data_params(source=str(train_path), test_path=str(test_path)), 0, out, tmp_path / "m.json")
+    metrics = run(data_params(source=str(train_path), test_path=str(test_path)), 0, out, tmp_path / "m.json",
+                  raw_dir=tmp_path)
     test_rows = read_jsonl(out / "test.jsonl")
     assert [r["id"] for r in test_rows] == [f"test-{i:06d}" for i in range(4)]
     assert metrics["totals"]["train"] + metrics["totals"]["val"] == 28
@@ -295,5 +296,18 @@ def test_file_without_data_rows_says_so(tmp_path, name, content):
     path = tmp_path / name
     path.write_text(content)
     with pytest.raises(DataError, match=rf"{name}: no data rows"):
-        run(data_params(source=str(path)), 0, tmp_path / "out", tmp_path / "m.json")
+        run(data_params(source=str(path)), 0, tmp_path / "out", tmp_path / "m.json", raw_dir=tmp_path)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_data_file_outside_data_raw_is_refused_before_anything_is_written(tmp_path):
+    outside = tmp_path / "elsewhere" / "reviews.csv"
+    outside.parent.mkdir()
+    write_csv(outside, ["text", "label"], [["good", "pos"], ["bad", "neg"]] * 5)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    with pytest.raises(DataError, match=r"data.source: .*reviews.csv is outside .*raw, so DVC would not notice"):
+        run(data_params(source=str(outside)), 0, tmp_path / "out", tmp_path / "m.json", raw_dir=raw)
+    with pytest.raises(DataError, match=r"data.test_path: .*reviews.csv is outside"):
+        load_source(data_params(source=str(raw / "x.csv"), test_path=str(outside)), raw)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m.json").exists()
