@@ -2,8 +2,9 @@
 
 The slow test copies the repo into tmp_path, points params.yaml at a tiny profile
 (tiny random BERT, tiny MarianMT pair through the real nlpaug backend, a few dozen
-rows) and runs the real `dvc repro`, then checks the no-op re-run and that
-`dvc exp run -S loss.gamma=1` re-runs only train, evaluate and log.
+rows) and runs the real `dvc repro` with outbound network refused, then checks the
+no-op re-run, a clean `git status`, and that `dvc exp run --temp -S loss.gamma=1`
+re-runs only train, evaluate and log and lands in the repo's MLflow store.
 """
 
 from __future__ import annotations
@@ -113,9 +114,15 @@ def tiny_profile(root: Path, assets: Path) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+OFFLINE = Path(__file__).resolve().parent / "offline"  # sitecustomize.py: refuses non-loopback sockets
+
+
 def sh(root: Path, *cmd: str) -> str:
+    """Run `cmd` in `root` with outbound network refused (every attempt logged to root/../offline.log)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(OFFLINE), env.get("PYTHONPATH")]))
+    env["OFFLINE_LOG"] = str(root.parent / "offline.log")
     done = subprocess.run(cmd, cwd=root, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-6000:]}"
     return done.stdout
@@ -134,6 +141,11 @@ def test_dvc_repro_end_to_end_on_tiny_profile(tmp_path):
         dest.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if (REPO / item).is_dir() else shutil.copy)(REPO / item, dest)
     tiny_profile(root, tmp_path / "assets")
+    # The guard is live in child processes: a connection to a routable address is refused and logged.
+    probe = "import socket\ntry: socket.create_connection(('10.255.255.1', 80), timeout=1)\nexcept OSError as e: print(e)"
+    assert "offline test: outbound connection" in sh(root, sys.executable, "-c", probe)
+    assert "10.255.255.1:80" in (tmp_path / "offline.log").read_text()
+    (tmp_path / "offline.log").unlink()
     sh(root, "git", "init", "-q")
     sh(root, "git", "config", "user.email", "ci@example.com")
     sh(root, "git", "config", "user.name", "ci")
@@ -181,3 +193,6 @@ def test_dvc_repro_end_to_end_on_tiny_profile(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("text-classification").experiment_id])
     assert sorted(r.info.run_name != "tiny-gamma1" for r in runs) == [False, True]
     assert {r.data.params["loss.gamma"] for r in runs} == {"1", "2.0"}
+    # Everything above ran with outbound sockets refused, and nothing even tried to connect.
+    log = tmp_path / "offline.log"
+    assert not log.exists() or log.read_text() == "", log.read_text()
