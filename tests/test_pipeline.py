@@ -15,8 +15,10 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -132,25 +134,33 @@ def ran_stages(output: str) -> list[str]:
     return re.findall(r"Running stage '([\w-]+)'", output)
 
 
-@pytest.mark.slow
-def test_dvc_repro_end_to_end_on_tiny_profile(tmp_path):
-    root = tmp_path / "repo"
-    root.mkdir()
+def copy_project(root: Path) -> None:
+    """The files a user's clone has that the pipeline needs, copied into `root`."""
     for item in ["stages", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "data/raw/README.md"]:
         dest = root / item
         dest.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if (REPO / item).is_dir() else shutil.copy)(REPO / item, dest)
+
+
+def init_repo(root: Path) -> None:
+    sh(root, "git", "init", "-q")
+    sh(root, "git", "config", "user.email", "ci@example.com")
+    sh(root, "git", "config", "user.name", "ci")
+    sh(root, "dvc", "init", "-q")
+    sh(root, "dvc", "config", "core.analytics", "false")
+
+
+@pytest.mark.slow
+def test_dvc_repro_end_to_end_on_tiny_profile(tmp_path):
+    root = tmp_path / "repo"
+    copy_project(root)
     tiny_profile(root, tmp_path / "assets")
     # The guard is live in child processes: a connection to a routable address is refused and logged.
     probe = "import socket\ntry: socket.create_connection(('10.255.255.1', 80), timeout=1)\nexcept OSError as e: print(e)"
     assert "offline test: outbound connection" in sh(root, sys.executable, "-c", probe)
     assert "10.255.255.1:80" in (tmp_path / "offline.log").read_text()
     (tmp_path / "offline.log").unlink()
-    sh(root, "git", "init", "-q")
-    sh(root, "git", "config", "user.email", "ci@example.com")
-    sh(root, "git", "config", "user.name", "ci")
-    sh(root, "dvc", "init", "-q")
-    sh(root, "dvc", "config", "core.analytics", "false")
+    init_repo(root)
 
     first = sh(root, "dvc", "repro")
     assert ran_stages(first) == STAGES
@@ -196,3 +206,46 @@ def test_dvc_repro_end_to_end_on_tiny_profile(tmp_path):
     # Everything above ran with outbound sockets refused, and nothing even tried to connect.
     log = tmp_path / "offline.log"
     assert not log.exists() or log.read_text() == "", log.read_text()
+
+
+COMMITTED = ["dvc.lock", "metrics", "plots"]  # what a user commits to git after `dvc repro`
+
+
+def committed_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for item in COMMITTED
+            for p in ([root / item] if (root / item).is_file() else sorted((root / item).rglob("*"))) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_repro_killed_during_train_recovers_and_matches_an_uninterrupted_run(tmp_path):
+    """SIGKILL mid-train leaves no partial models/train; the next `dvc repro` finishes, and its
+    committed files are byte-identical to those of an uninterrupted fresh run (CPU determinism)."""
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    copy_project(clean)
+    tiny_profile(clean, tmp_path / "assets")
+    shutil.copytree(clean, killed)
+    for root in (clean, killed):
+        init_repo(root)
+    sh(clean, "dvc", "repro")
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(["dvc", "repro"], cwd=killed, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "Running stage 'train'" in line:
+            break
+    time.sleep(3)  # into the training loop
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert "Running stage 'train'" in "".join(seen), "".join(seen)[-3000:]
+    assert not (killed / "models/train").exists()  # nothing half-written where DVC would look
+    assert "train:" in sh(killed, "dvc", "status")
+
+    resumed = sh(killed, "dvc", "repro")
+    assert ran_stages(resumed) == ["train", "evaluate", "log"]
+    assert "up to date" in sh(killed, "dvc", "status")
+    assert not [p for p in killed.rglob("*.tmp") if ".dvc" not in p.parts]  # no temp leftovers
+    assert committed_files(killed) == committed_files(clean)
