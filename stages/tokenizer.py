@@ -209,7 +209,8 @@ def run(
 
 
 def main() -> None:
-    run(common.load_section(TokenizerParams, "tokenizer"), load_model_name(), common.load_seed())
+    model_name = common.check_tracked_model(load_model_name(), "model.name")
+    run(common.load_section(TokenizerParams, "tokenizer"), model_name, common.load_seed())
 
 
 if __name__ == "__main__":

@@ -328,9 +328,11 @@ def save_outputs(root, trainer, tokenizer, labels, seed, model_params, loss_para
 
 
 def main() -> None:
+    model_params = common.load_section(ModelParams, "model")
+    common.check_tracked_model(model_params.name, "model.name")
     run(
         common.load_seed(),
-        common.load_section(ModelParams, "model"),
+        model_params,
         common.load_section(LossParams, "loss"),
         common.load_section(TrainParams, "train"),
     )

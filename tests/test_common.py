@@ -32,3 +32,17 @@ def test_parse_params_names_unknown_and_mistyped_keys():
     with pytest.raises(common.ParamsError, match=r"alpha.beta: expected float, got 'high'"):
         common.parse_params(AlphaParams, {"method": "inverse", "beta": "high"}, "alpha")
     assert common.parse_params(AlphaParams, {"method": "none", "beta": 0}, "alpha").beta == 0.0  # int -> float
+
+
+def test_local_model_dirs_must_live_under_models_base(tmp_path):
+    from stages.common import BASE_MODELS_DIR, BUNDLED_MODEL, ParamsError, check_tracked_model
+
+    (tmp_path / BASE_MODELS_DIR / "enc").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "enc").mkdir(parents=True)
+    assert check_tracked_model("models/base/enc", "model.name", tmp_path) == "models/base/enc"
+    assert check_tracked_model(str(tmp_path / "models/base/enc"), "model.name", tmp_path)  # absolute is fine too
+    assert check_tracked_model("sentence-transformers/all-MiniLM-L6-v2", "model.name", tmp_path)  # a hub id
+    assert check_tracked_model(BUNDLED_MODEL, "model.name", tmp_path) == BUNDLED_MODEL
+    with pytest.raises(ParamsError, match=r"augment.from_model: elsewhere/enc is a local directory outside "
+                                          r"models/base/, so `dvc repro` would not notice"):
+        check_tracked_model("elsewhere/enc", "augment.from_model", tmp_path)

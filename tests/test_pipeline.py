@@ -98,13 +98,15 @@ def tiny_dataset(path: Path, counts: dict[str, int], seed: int = 0) -> list[str]
     return [t for t, _ in rows]
 
 
-def tiny_profile(root: Path, assets: Path) -> None:
+def tiny_profile(root: Path) -> None:
+    """Tiny data in data/raw/ and tiny local models in models/base/ (where local models must live)."""
     from tiny_bert import build_tiny_bert
     from tiny_marian import build_tiny_marian_pair
 
     corpus = tiny_dataset(root / "data/raw/tiny.csv", {"positive": 40, "negative": 16, "neutral": 10})
-    bert = build_tiny_bert(assets / "bert", corpus, num_labels=3)
-    src, tgt = build_tiny_marian_pair(assets / "marian", corpus)
+    base = root / "models/base"
+    bert = build_tiny_bert(base / "bert", corpus, num_labels=3).relative_to(root)
+    src, tgt = (p.relative_to(root) for p in build_tiny_marian_pair(base / "marian", corpus))
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["data"].update(source="data/raw/tiny.csv", text_column="review", label_column="sentiment")
     params["model"].update(name=str(bert), max_length=32)
@@ -136,7 +138,8 @@ def ran_stages(output: str) -> list[str]:
 
 def copy_project(root: Path) -> None:
     """The files a user's clone has that the pipeline needs, copied into `root`."""
-    for item in ["stages", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "data/raw/README.md"]:
+    for item in ["stages", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "data/raw/README.md",
+                 "models/base/README.md"]:
         dest = root / item
         dest.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if (REPO / item).is_dir() else shutil.copy)(REPO / item, dest)
@@ -154,7 +157,7 @@ def init_repo(root: Path) -> None:
 def test_dvc_repro_end_to_end_on_tiny_profile(tmp_path):
     root = tmp_path / "repo"
     copy_project(root)
-    tiny_profile(root, tmp_path / "assets")
+    tiny_profile(root)
     # The guard is live in child processes: a connection to a routable address is refused and logged.
     probe = "import socket\ntry: socket.create_connection(('10.255.255.1', 80), timeout=1)\nexcept OSError as e: print(e)"
     assert "offline test: outbound connection" in sh(root, sys.executable, "-c", probe)
@@ -222,7 +225,7 @@ def test_repro_killed_during_train_recovers_and_matches_an_uninterrupted_run(tmp
     committed files are byte-identical to those of an uninterrupted fresh run (CPU determinism)."""
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     copy_project(clean)
-    tiny_profile(clean, tmp_path / "assets")
+    tiny_profile(clean)
     shutil.copytree(clean, killed)
     for root in (clean, killed):
         init_repo(root)
