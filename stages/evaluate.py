@@ -14,12 +14,23 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from typing import Annotated
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
-from stages.common import AT_LEAST_1, ROOT, Range, check_ranges, load_section, read_json, read_rows, save_png, write_json, write_text
+from stages.common import (
+    AT_LEAST_1,
+    ROOT,
+    Range,
+    check_ranges,
+    load_section,
+    read_json,
+    read_rows,
+    save_png,
+    write_json,
+    write_text,
+)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,17 @@ from typing import Annotated
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from stages.common import FRACTION, ROOT, Range, atomic_dir, check_ranges, load_section, load_seed, write_json, write_jsonl
+from stages.common import (
+    FRACTION,
+    ROOT,
+    Range,
+    atomic_dir,
+    check_ranges,
+    load_section,
+    load_seed,
+    write_json,
+    write_jsonl,
+)
 
 Row = dict[str, str]
 DROP_KINDS = ("empty", "duplicates", "label_conflicts", "cross_split_leaks")

@@ -64,8 +64,9 @@ class TrainParams:
     def __post_init__(self) -> None:
         common.check_ranges(self, "train")
         if self.swa.enabled and self.swa.start_epoch > self.max_epochs:
-            raise common.ParamsError(f"train.swa.start_epoch ({self.swa.start_epoch}) must be <= train.max_epochs "
-                             f"({self.max_epochs}), or SWA would never average anything; or set train.swa.enabled: false")
+            raise common.ParamsError(
+                f"train.swa.start_epoch ({self.swa.start_epoch}) must be <= train.max_epochs ({self.max_epochs}), "
+                "or SWA would never average anything; or set train.swa.enabled: false")
 
 
 def build_model(tokenizer, meta: dict, model_params: ModelParams, labels: list[str], seed: int):
@@ -143,12 +144,13 @@ def make_compute_metrics(alpha: torch.Tensor, loss_params: LossParams):
 
     def compute_metrics(eval_pred) -> dict[str, float]:
         logits, labels = (torch.as_tensor(np.asarray(x)) for x in eval_pred)
+        labels = labels.long()
         preds = logits.argmax(-1).numpy()
         return {
             "accuracy": accuracy_score(labels, preds),
             "macro_f1": f1_score(labels, preds, average="macro"),
-            "focal_loss": focal_loss(logits, labels.long(), alpha, loss_params.gamma, loss_params.label_smoothing).item(),
-            "ce_loss": torch.nn.functional.cross_entropy(logits.float(), labels.long()).item(),
+            "focal_loss": focal_loss(logits, labels, alpha, loss_params.gamma, loss_params.label_smoothing).item(),
+            "ce_loss": torch.nn.functional.cross_entropy(logits.float(), labels).item(),
         }
 
     return compute_metrics

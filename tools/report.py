@@ -111,7 +111,8 @@ def gate_verdict(drop: float | None, threshold: float | None) -> tuple[bool, str
     if threshold is None:
         return True, ""
     if drop is None:
-        return False, f"**Gate failed**: test macro-F1 is missing on one side, so a drop of more than {threshold} cannot be ruled out."
+        return False, (f"**Gate failed**: test macro-F1 is missing on one side, so a drop of more than {threshold} "
+                       "cannot be ruled out.")
     if drop > threshold:
         return False, f"**Gate failed**: test macro-F1 dropped by {drop:.4f}, more than the allowed {threshold}."
     return True, f"Gate passed: test macro-F1 change {-drop:+.4f} (allowed drop {threshold})."
