@@ -111,7 +111,8 @@ class FocalTrainer(Trainer):
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """The micro-batches of one optimizer step, and their total alpha weight as the loss normalizer."""
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
-        weight = sum(self.alpha[b["labels"].cpu()].sum() for b in batch_samples) if batch_samples else None
+        # A Python float: valid against logits on any device.
+        weight = float(sum(self.alpha[b["labels"].cpu()].sum() for b in batch_samples)) if batch_samples else None
         return batch_samples, weight
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
