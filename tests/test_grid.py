@@ -13,8 +13,8 @@ from toy_dvc import dvc, init_repo, sh
 from tools import grid
 
 
-def entry(name: str, gamma, method: str, seed: int, f1: float, error=None) -> dict:
-    params = {"loss": {"gamma": gamma}, "alpha": {"method": method}, "seed": seed}
+def entry(name: str, gamma, method: str, seed: int, f1: float, error=None, lr=5e-5) -> dict:
+    params = {"loss": {"gamma": gamma}, "alpha": {"method": method}, "seed": seed, "train": {"learning_rate": lr}}
     metrics = {"macro_f1": f1, "accuracy": 0.7, "weighted_f1": 0.6, "ece": 0.1}
     return {"rev": f"{name}-sha", "name": name, "error": error,
             "data": {"params": {"params.yaml": {"data": params}},
@@ -29,17 +29,25 @@ EXP_SHOW = [
         {"revs": [entry("none", 2, "none", 0, 0.40)]},
         {"revs": [entry("g0", 0, "none", 0, 0.30)]},
         {"revs": [entry("failed", 1, "none", 0, 0.0, error={"msg": "boom"})]},
+        {"revs": [entry("other-lr", 2, "none", 0, 0.9, lr=1e-3)]},  # changes a third param
+        {"revs": [entry("running", 1, "none", 0, 0.55)], "executor": {"state": "running"}},
     ]},
 ]
 
 
-def test_runs_skip_workspace_and_failures_and_keep_identical_params_once():
+def test_runs_skip_workspace_failures_and_unfinished_and_keep_identical_params_once():
     runs = grid.runs_from_exp_show(EXP_SHOW)
-    assert [r.name for r in runs] == ["main", "seed1", "none", "g0"]
+    assert [r.name for r in runs] == ["main", "seed1", "none", "g0", "other-lr"]
+
+
+def test_only_runs_that_change_nothing_but_the_axes_and_the_repeat_key_count():
+    kept, left_out = grid.same_setting(grid.runs_from_exp_show(EXP_SHOW), {"loss.gamma", "alpha.method", "seed"})
+    assert [r.name for r in kept] == ["main", "seed1", "none", "g0"] and [r.name for r in left_out] == ["other-lr"]
 
 
 def test_cells_group_repeats_and_markdown_shows_mean_std_and_gaps():
-    cells = grid.cells(grid.runs_from_exp_show(EXP_SHOW), "loss.gamma", "alpha.method")
+    kept, _ = grid.same_setting(grid.runs_from_exp_show(EXP_SHOW), {"loss.gamma", "alpha.method", "seed"})
+    cells = grid.cells(kept, "loss.gamma", "alpha.method")
     assert list(cells) == [(0.0, "none"), (2.0, "inverse"), (2.0, "none")]
     text = grid.markdown(cells, "loss.gamma", "alpha.method", "macro_f1")
     assert "| loss.gamma \\ alpha.method | inverse | none |" in text

@@ -1,10 +1,10 @@
 """Render finished DVC experiments as a grid: a test metric per value of two params.
 
-Reads `dvc exp show --json` (the current commit and its experiments, however they ran:
-queued, --temp or in the workspace), groups them by the `--rows` and `--cols` params,
-and reports mean +- std over the runs in each cell (runs that differ in other params,
-e.g. `seed`, are repeats of the cell). Prints a markdown table; writes the figure to
-plots/grid/<metric>.png and the table to plots/grid/<metric>.md.
+Reads `dvc exp show --json` (the current commit and its finished experiments, however
+they ran: queued, --temp or in the workspace), keeps those that differ from the commit only
+in the `--rows` and `--cols` params and the `--repeat` param (default `seed`), groups them
+by rows x cols and reports mean +- std over the repeats in each cell. Prints a markdown
+table; writes the figure to plots/grid/<metric>.png and the table to plots/grid/<metric>.md.
 
 Queue and run a grid first, e.g.
     dvc exp run --queue -S 'loss.gamma=0,1,2' -S 'alpha.method=none,inverse'
@@ -66,6 +66,8 @@ def runs_from_exp_show(rows: list[dict], dedupe: bool = True) -> list[Run]:
             continue
         found.append(to_run(baseline))
         for group in baseline.get("experiments") or []:
+            if (group.get("executor") or {}).get("state") in ("queued", "running", "failed"):
+                continue  # a running experiment shows its baseline's metrics until it finishes
             found += [to_run(rev) for rev in group.get("revs") or []]
     if not dedupe:
         return list(filter(None, found))
@@ -86,6 +88,29 @@ def canonical(value: Any) -> Any:
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def same_setting(runs: list[Run], free: set[str]) -> tuple[list[Run], list[Run]]:
+    """(runs whose params equal the first run's except the `free` keys, the others).
+
+    The first run is the baseline commit: a grid over two params compares like with like only
+    when nothing else changed (an experiment that also changed, say, the LR is left out).
+    """
+    def fixed(run: Run) -> str:
+        flat = {k: v for k, v in flatten(canonical(run.params)).items() if k not in free}
+        return json.dumps(flat, sort_keys=True)
+
+    if not runs:
+        return [], []
+    base = fixed(runs[0])
+    return [r for r in runs if fixed(r) == base], [r for r in runs if fixed(r) != base]
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
 
 
 def cells(runs: list[Run], rows: str, cols: str) -> dict[tuple[Any, Any], list[Run]]:
@@ -145,7 +170,8 @@ def save_figure(grid: dict[tuple[Any, Any], list[Run]], rows: str, cols: str, me
         stats = [mean_std([m.metrics[metric] for m in grid[(r, c)]]) if (r, c) in grid else (0.0, 0.0)
                  for r in row_values]
         xs = [i + (j - (len(col_values) - 1) / 2) * width for i in range(len(row_values))]
-        bars = ax.bar(xs, [s[0] for s in stats], width, yerr=[s[1] for s in stats], capsize=3, label=f"{cols}={c}")
+        errors = [s[1] for s in stats] if any(s[1] for s in stats) else None  # no bars for single runs
+        bars = ax.bar(xs, [s[0] for s in stats], width, yerr=errors, capsize=3, label=f"{cols}={c}")
         ax.bar_label(bars, fmt="%.3f", fontsize=8, padding=2)
     ax.set_xticks(range(len(row_values)), [str(r) for r in row_values])
     ax.set(xlabel=rows, ylabel=f"test {metric}", title=f"Test {metric} per {rows} and {cols}")
@@ -163,13 +189,17 @@ def exp_show(root: Path, rev: str | None = None) -> list[dict]:
     return json.loads(done.stdout or "[]")
 
 
-def run(rows: str, cols: str, metric: str, root: Path = ROOT, rev: str | None = None) -> str:
+def run(rows: str, cols: str, metric: str, root: Path = ROOT, rev: str | None = None, repeat: str = "seed") -> str:
     """Table of the finished experiments of `rev`; writes plots/grid/<metric>.{png,md} under `root`."""
-    grid = cells(runs_from_exp_show(exp_show(root, rev)), rows, cols)
+    kept, left_out = same_setting(runs_from_exp_show(exp_show(root, rev)), {rows, cols, repeat})
+    grid = cells(kept, rows, cols)
     if not grid:
         raise SystemExit(f"grid: no finished experiment has both {rows} and {cols} and {TEST_METRICS}; "
                          "queue some (`dvc exp run --queue -S ...`) and run them (`dvc queue start -j 1`)")
     text = markdown(grid, rows, cols, metric)
+    if left_out:
+        text += (f"\nLeft out {len(left_out)} finished experiment(s) that also change params other than "
+                 f"{rows}, {cols} and {repeat}: {', '.join(r.name for r in left_out)}.\n")
     save_figure(grid, rows, cols, metric, root / f"plots/grid/{metric}.png")
     write_text(root / f"plots/grid/{metric}.md", text)
     return text
@@ -181,8 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cols", default="alpha.method", help="param whose values make the columns / bars")
     parser.add_argument("--metric", default="macro_f1", help=f"key of {TEST_METRICS} to compare")
     parser.add_argument("--rev", default=None, help="commit the experiments are based on (default: HEAD)")
+    parser.add_argument("--repeat", default="seed", help="param whose values are repeats of a cell (mean ± std)")
     args = parser.parse_args(argv)
-    print(run(args.rows, args.cols, args.metric, rev=args.rev), end="")
+    print(run(args.rows, args.cols, args.metric, rev=args.rev, repeat=args.repeat), end="")
     print(f"\nwrote plots/grid/{args.metric}.png and plots/grid/{args.metric}.md")
 
 

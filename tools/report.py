@@ -30,7 +30,7 @@ HEADLINE = ("accuracy", "macro_f1", "weighted_f1", "ece", "ce_loss")  # in this 
 DIRECTION = {**dict.fromkeys(("accuracy", "macro_f1", "weighted_f1", "f1", "precision", "recall",
                               "val_accuracy", "val_macro_f1"), True),
              **dict.fromkeys(("ece", "ce_loss", "loss", "val_loss", "val_ce_loss"), False)}
-PLOTS = ("plots/train/history.png", "plots/evaluate/confusion.png", "plots/grid/macro_f1.png")
+PLOTS = ("plots/train/history.png", "plots/evaluate/confusion.png")
 
 
 class BaseUnavailable(RuntimeError):
