@@ -101,11 +101,11 @@ def flatten_test(metrics: dict) -> dict[str, float]:
             "neutral_f1": metrics["per_class"].get("neutral", {}).get("f1", float("nan")), "ece": metrics["ece"]}
 
 
-def cell(values: list[float]) -> str:
+def cell(values: list[float], digits: int = 3) -> str:
     if not values:
         return "—"
     mean, std = mean_std(values)
-    return f"{mean:.3f} ± {std:.3f}" if len(values) > 1 else f"{mean:.3f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
 
 
 def table(found: dict[str, list[Run]], times: dict[str, float], refs) -> str:
@@ -118,7 +118,7 @@ def table(found: dict[str, list[Run]], times: dict[str, float], refs) -> str:
         members = found.get(name, [])
         stats = [cell([flatten_test(m.metrics)[k] for m in members]) for k, _ in COLUMNS]
         secs = [times[m.name] for m in members if m.name in times]
-        lines.append(f"| {label} | {len(members)} | " + " | ".join(stats) + f" | {cell(secs).replace('.000', '')} |")
+        lines.append(f"| {label} | {len(members)} | " + " | ".join(stats) + f" | {cell(secs, digits=0)} |")
     return "\n".join(lines) + "\n"
 
 
