@@ -29,6 +29,8 @@ from filelock import FileLock
 
 from stages.common import ROOT, RUNTIME_DIR, load_section, read_json, read_params, workspace_root
 
+# MLflow 3's UI opens an experiment with this tag on its runs table, not on the GenAI traces view.
+EXPERIMENT_KIND = "mlflow.experimentKind"
 # The files dvc.yaml lists as the log stage's deps, with the stage that writes each.
 REQUIRED = {
     "metrics/prepare.json": "prepare", "metrics/tokenizer.json": "tokenizer", "metrics/augment.json": "augment",
@@ -161,6 +163,13 @@ def store_lock(tracking_uri: str):
     return FileLock(tracking_uri.removeprefix("sqlite:///") + ".lock", timeout=600)
 
 
+def run_name(tags: dict[str, str]) -> str | None:
+    """The DVC experiment's name; for a plain `dvc repro`, workspace@<commit> (None: MLflow picks one)."""
+    if "dvc.exp_name" in tags:
+        return tags["dvc.exp_name"]
+    return None if tags["git.commit"] == "unknown" else f"workspace@{tags['git.commit'][:7]}"
+
+
 def log_run(params: LogParams, root: Path, tracking_uri: str) -> str:
     """Create the MLflow run from the files under `root`; return its id."""
     with store_lock(tracking_uri):
@@ -178,12 +187,17 @@ def _log_run(params: LogParams, root: Path, tracking_uri: str) -> str:
     metrics = numeric_metrics({"test": test, **stage_metrics})
     runtime_metrics, runtime_tags = runtime_facts(root)
     mlflow.set_tracking_uri(tracking_uri)
-    if mlflow.get_experiment_by_name(params.experiment_name) is None:
-        mlflow.create_experiment(params.experiment_name, artifact_location=artifact_location(tracking_uri))
+    experiment = mlflow.get_experiment_by_name(params.experiment_name)
+    if experiment is None:
+        mlflow.create_experiment(params.experiment_name, artifact_location=artifact_location(tracking_uri),
+                                 tags={EXPERIMENT_KIND: "custom_model_development"})
+    elif EXPERIMENT_KIND not in experiment.tags:
+        mlflow.tracking.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND,
+                                                          "custom_model_development")
     mlflow.set_experiment(params.experiment_name)
     tags = lineage_tags(root, str(flatten(full).get("data.source", "unknown")))
-    # Named like the DVC experiment, so MLflow's compare view lines up with `dvc exp show`.
-    with mlflow.start_run(run_name=tags.get("dvc.exp_name"), tags={**tags, **runtime_tags}) as active:
+    # Named like the row of `dvc exp show` it belongs to, so MLflow's compare view lines up with it.
+    with mlflow.start_run(run_name=run_name(tags), tags={**tags, **runtime_tags}) as active:
         mlflow.log_params({metric_key(k): v for k, v in flatten(full).items()})
         mlflow.log_metrics({**metrics, **runtime_metrics})
         mlflow.tracking.MlflowClient().log_batch(active.info.run_id, metrics=history_metrics(history))

@@ -102,7 +102,9 @@ def test_run_logs_params_curves_metrics_tags_and_artifacts(tmp_path, monkeypatch
     client = MlflowClient(uri)
     logged = client.get_run(result["run_id"])
     assert logged.info.status == "FINISHED"
-    assert client.get_experiment(logged.info.experiment_id).name == "unit-test"
+    experiment = client.get_experiment(logged.info.experiment_id)
+    assert experiment.name == "unit-test"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # UI opens on the runs table
     params = logged.data.params
     assert params["train.swa.lr"] == "2e-05" and params["seed"] == "42" and params["data.test_path"] == "None"
     assert len([k for k in params if not k.startswith("mlflow.")]) == len(flatten(PARAMS))
@@ -238,3 +240,11 @@ def test_unreachable_tracking_server_fails_fast_naming_uri_and_fallback(tmp_path
     with pytest.raises(ConnectionError, match=rf"MLFLOW_TRACKING_URI={uri} .*unset MLFLOW_TRACKING_URI"):
         run(LogParams(experiment_name="x"), root=tmp_path, tracking_uri=uri)
     assert time.monotonic() - start < 30
+
+
+def test_run_name_follows_dvc_exp_show_rows():
+    from stages.log import run_name
+
+    assert run_name({"dvc.exp_name": "calm-reef", "git.commit": "abc1234ffff"}) == "calm-reef"
+    assert run_name({"git.commit": "abc1234ffff"}) == "workspace@abc1234"
+    assert run_name({"git.commit": "unknown"}) is None
