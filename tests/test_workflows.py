@@ -78,6 +78,7 @@ def test_report_workflow_comments_once_per_pull_request_with_a_dvc_cache_keyed_o
     cache = next(s for s in steps if s.get("uses", "").startswith("actions/cache"))
     assert ".dvc/cache" in cache["with"]["path"] and "hashFiles('dvc.lock')" in cache["with"]["key"]
     scripts = "\n".join(run_steps(workflow))
+    assert scripts.index("dvc checkout --allow-missing") < scripts.index("make repro")  # cached stages are skipped
     assert scripts.index("make repro") < scripts.index("make report") < scripts.index("cml comment create")
     assert "--watermark-title=" in scripts  # updates its own comment instead of adding one per push
 
