@@ -252,3 +252,14 @@ def test_repro_killed_during_train_recovers_and_matches_an_uninterrupted_run(tmp
     assert "up to date" in sh(killed, "dvc", "status")
     assert not [p for p in killed.rglob("*.tmp") if ".dvc" not in p.parts]  # no temp leftovers
     assert committed_files(killed) == committed_files(clean)
+
+
+def test_dvc_analytics_and_mlflow_telemetry_are_off():
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(REPO / ".dvc/config")
+    assert config["core"]["analytics"] == "false"
+    makefile = (REPO / "Makefile").read_text()
+    assert "export MLFLOW_DISABLE_TELEMETRY := true" in makefile and "export HF_HUB_OFFLINE := 1" in makefile
+    assert 'os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")' in (REPO / "stages/log.py").read_text()
