@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stages.common import ROOT, save_png, workspace_root  # noqa: E402
-from tools.grid import Run, exp_show, mean_std, runs_from_exp_show  # noqa: E402
+from tools.grid import Run, cell, exp_show, mean_std, runs_from_exp_show  # noqa: E402
 
 PLAIN = {"loss.gamma": 0, "alpha.method": "none", "loss.label_smoothing": 0, "train.swa.enabled": False,
          "augment.enabled": False, "tokenizer.max_new_tokens": 0}
@@ -99,13 +99,6 @@ def references(seeds: list[int]) -> list[tuple[str, dict[str, list[float]]]]:
 def flatten_test(metrics: dict) -> dict[str, float]:
     return {"macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"],
             "neutral_f1": metrics["per_class"].get("neutral", {}).get("f1", float("nan")), "ece": metrics["ece"]}
-
-
-def cell(values: list[float], digits: int = 3) -> str:
-    if not values:
-        return "—"
-    mean, std = mean_std(values)
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
 
 
 def table(found: dict[str, list[Run]], times: dict[str, float], refs) -> str:

@@ -17,14 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stages.common import ROOT, save_png, write_text
+from stages.log import flatten
+from tools import dvc_json
 
 TEST_METRICS = "metrics/evaluate.json"
 SUMMARY = ("macro_f1", "accuracy", "weighted_f1", "ece")  # columns of the long table
@@ -100,17 +100,9 @@ def same_setting(runs: list[Run], free: set[str]) -> tuple[list[Run], list[Run]]
         flat = {k: v for k, v in flatten(canonical(run.params)).items() if k not in free}
         return json.dumps(flat, sort_keys=True)
 
-    if not runs:
-        return [], []
-    base = fixed(runs[0])
-    return [r for r in runs if fixed(r) == base], [r for r in runs if fixed(r) != base]
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return out
+    settings = [fixed(r) for r in runs]
+    same = [s == settings[0] for s in settings]
+    return [r for r, ok in zip(runs, same) if ok], [r for r, ok in zip(runs, same) if not ok]
 
 
 def cells(runs: list[Run], rows: str, cols: str) -> dict[tuple[Any, Any], list[Run]]:
@@ -133,9 +125,17 @@ def axes(grid: dict[tuple[Any, Any], list[Run]]) -> tuple[list[Any], list[Any]]:
     return sorted({r for r, _ in grid}, key=order), sorted({c for _, c in grid}, key=order)
 
 
-def fmt_cell(values: list[float]) -> str:
+def cell(values: list[float], digits: int = 3) -> str:
+    """"mean ± std" of repeats, the value alone for one run, "—" for none."""
+    if not values:
+        return "—"
     mean, std = mean_std(values)
-    return f"{mean:.3f} ± {std:.3f} (n={len(values)})" if len(values) > 1 else f"{mean:.3f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
+
+
+def fmt_cell(values: list[float]) -> str:
+    """`cell` with the number of runs when there are several."""
+    return cell(values) + (f" (n={len(values)})" if len(values) > 1 else "")
 
 
 def markdown(grid: dict[tuple[Any, Any], list[Run]], rows: str, cols: str, metric: str) -> str:
@@ -150,7 +150,7 @@ def markdown(grid: dict[tuple[Any, Any], list[Run]], rows: str, cols: str, metri
     lines += ["", f"| {rows} | {cols} | runs | " + " | ".join(SUMMARY) + " | experiments |",
               "|---|---|---|" + "---|" * len(SUMMARY) + "---|"]
     for (r, c), members in grid.items():
-        stats = [fmt_cell([m.metrics[k] for m in members]).split(" (")[0] for k in SUMMARY]
+        stats = [cell([m.metrics[k] for m in members]) for k in SUMMARY]
         lines.append(f"| {r} | {c} | {len(members)} | " + " | ".join(stats) + " | "
                      + ", ".join(m.name for m in members) + " |")
     return "\n".join(lines) + "\n"
@@ -182,11 +182,7 @@ def save_figure(grid: dict[tuple[Any, Any], list[Run]], rows: str, cols: str, me
 
 def exp_show(root: Path, rev: str | None = None) -> list[dict]:
     """`dvc exp show --json` for the experiments of `rev` (default HEAD)."""
-    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json", *(["--rev", rev] if rev else [])]
-    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"dvc exp show failed:\n{done.stderr.strip()}")
-    return json.loads(done.stdout or "[]")
+    return dvc_json(root, "exp", "show", *(["--rev", rev] if rev else [])) or []
 
 
 def run(rows: str, cols: str, metric: str, root: Path = ROOT, rev: str | None = None, repeat: str = "seed") -> str:

@@ -16,14 +16,15 @@ Run:  make report [BASE=<rev>] [FAIL_ON_DROP=0.02]
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from stages.common import ROOT
+from tools import dvc_json
+
 TEST_METRICS = "metrics/evaluate.json"
 HEADLINE = ("accuracy", "macro_f1", "weighted_f1", "ece", "ce_loss")  # in this order
 # Last key component -> whether a rise is good; other numbers (counts, epochs) get no verdict.
@@ -118,14 +119,14 @@ def gate_verdict(drop: float | None, threshold: float | None) -> tuple[bool, str
     return True, f"Gate passed: test macro-F1 change {-drop:+.4f} (allowed drop {threshold})."
 
 
-def render(title: str, params_diff: dict, metrics_diff: dict, plots: list[str], notes: list[str],
+def render(title: str, params_diff: dict, metrics_diff: dict, plots: list[str],
            threshold: float | None) -> tuple[str, bool]:
     """The whole report and whether the gate passed. Diffs are `--all` (unchanged entries too)."""
     metric_changes = changes(metrics_diff)
     moved = [c for c in metric_changes if c.old != c.new]
     changed_params = [c for c in changes(params_diff) if c.old != c.new]
     passed, verdict = gate_verdict(macro_f1_drop(metric_changes), threshold)
-    parts = [f"## {title}", "", *[f"> {n}" for n in notes], *([""] if notes else [])]
+    parts = [f"## {title}", ""]
     if verdict:
         parts += [verdict, ""]
     parts += ["### Params changed", ""]
@@ -205,11 +206,7 @@ def resolve_base(base: str | None, root: Path) -> tuple[str, str]:
 
 def dvc_diff(kind: str, base: str, rev: str | None, root: Path) -> dict:
     """`dvc {params,metrics} diff --all --json base [rev]` as a dict."""
-    cmd = [sys.executable, "-m", "dvc", kind, "diff", "--all", "--json", base, *([rev] if rev else [])]
-    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[2:])} failed:\n{done.stderr.strip()}")
-    return json.loads(done.stdout or "{}")
+    return dvc_json(root, kind, "diff", "--all", base, *([rev] if rev else [])) or {}
 
 
 def report(base: str | None, rev: str | None, threshold: float | None, root: Path = ROOT) -> tuple[str, bool]:
@@ -224,7 +221,7 @@ def report(base: str | None, rev: str | None, threshold: float | None, root: Pat
     plots = [p for p in PLOTS if (root / p).exists()] if rev is None else []
     return render(f"Pipeline report: {this} vs `{base_commit}` ({how})",
                   dvc_diff("params", base_commit, rev, root), dvc_diff("metrics", base_commit, rev, root),
-                  plots, [], threshold)
+                  plots, threshold)
 
 
 def main(argv: list[str] | None = None, root: Path = ROOT) -> int:
