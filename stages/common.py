@@ -277,6 +277,35 @@ def workspace_root(root: Path = ROOT) -> Path:
     return root
 
 
+# Head + tail truncation keeps this share of the token budget from the start of a long text and
+# the rest from its end (Sun et al. 2019, "How to Fine-Tune BERT for Text Classification?": 128
+# head + 382 tail tokens of 510 beat head-only; reviews often end with the verdict).
+HEAD_SHARE = 0.25
+
+
+def tokenize(tokenizer: Any, texts: list[str], max_length: int, truncation: str) -> dict[str, list[list[int]]]:
+    """Token ids (with special tokens, unpadded) of `texts`, at most `max_length` each.
+
+    truncation "head" keeps the beginning of a long text (the tokenizer's own truncation);
+    "head_tail" keeps its first HEAD_SHARE and its end, cut inside the special tokens.
+    """
+    if truncation == "head":
+        return dict(tokenizer(texts, truncation=True, max_length=max_length))
+    enc = dict(tokenizer(texts))
+    for n, ids in enumerate(enc["input_ids"]):
+        if len(ids) <= max_length:
+            continue
+        special = tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
+        prefix = next(i for i, s in enumerate(special) if not s)
+        suffix = next(i for i, s in enumerate(reversed(special)) if not s)
+        budget = max_length - prefix - suffix
+        head = round(budget * HEAD_SHARE)
+        keep = slice(None, prefix + head), slice(len(ids) - suffix - (budget - head), None)
+        for key, values in enc.items():
+            enc[key][n] = values[n][keep[0]] + values[n][keep[1]]
+    return enc
+
+
 def as_dict(params: Any) -> dict[str, Any]:
     """A params dataclass as a plain dict (for saving next to outputs)."""
     return dataclasses.asdict(params)

@@ -1,11 +1,13 @@
 """Score the trained classifier on the held-out test split: quality, calibration, plots.
 
-Inputs:  models/train/ (HF model + tokenizer + pipeline.json), data/prepare/test.jsonl,
+Inputs:  models/train/ (HF model + tokenizer + pipeline.json), data/prepare/{test,val}.jsonl,
          data/prepare/labels.json
-Outputs: metrics/evaluate.json (accuracy, macro/weighted F1, per-class P/R/F1, ECE, CE loss),
+Outputs: metrics/evaluate.json (accuracy, macro/weighted F1, per-class P/R/F1, ECE, CE loss of
+         argmax predictions; and `bias_tuned`: the same test scores with per-class logit biases
+         tuned on validation for macro-F1, a decision rule for the minority classes),
          plots/evaluate/predictions.csv (dvc confusion plot), calibration.json (reliability
          diagram), confusion.png (static image: `dvc plots show` HTML needs a CDN to render)
-Params:  evaluate (batch_size, ece_bins)
+Params:  evaluate (batch_size, ece_bins, bias_search)
 Run:     python -m stages.evaluate
 """
 
@@ -28,6 +30,7 @@ from stages.common import (
     read_json,
     read_rows,
     save_png,
+    tokenize,
     write_json,
     write_text,
 )
@@ -38,6 +41,7 @@ class EvaluateParams:
     batch_size: Annotated[int, AT_LEAST_1]  # inference only: memory, not results, depends on it
     # Equal-width confidence bins for the expected calibration error; one bin measures nothing.
     ece_bins: Annotated[int, Range(2, why="one bin cannot tell confidences apart")]
+    bias_search: Annotated[float, Range(0, why="a half-width in log-probability units")]
 
     def __post_init__(self) -> None:
         check_ranges(self, "evaluate")
@@ -53,8 +57,11 @@ def load_split(path: Path, labels: list[str]) -> tuple[list[str], list[str], np.
     return [str(r["id"]) for r in rows], [r["text"] for r in rows], np.array([index[r["label"]] for r in rows])
 
 
-def predict_proba(model_dir: Path, texts: list[str], n_labels: int, max_length: int, batch_size: int) -> np.ndarray:
-    """Class probabilities (n, k), float64 softmax of fp32 logits, CUDA when available."""
+def predict_proba(model_dir: Path, texts: list[str], n_labels: int, max_length: int, batch_size: int,
+                  truncation: str = "head") -> np.ndarray:
+    """Class probabilities (n, k), float64 softmax of fp32 logits, CUDA when available.
+
+    Texts are cut as in training (`model.truncation`, saved in pipeline.json)."""
     import torch
     from tqdm.auto import tqdm
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -71,8 +78,8 @@ def predict_proba(model_dir: Path, texts: list[str], n_labels: int, max_length: 
     with torch.inference_mode():
         for start in tqdm(range(0, len(texts), batch_size), desc="evaluate", unit="batch"):
             idx = order[start : start + batch_size]
-            enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length,
-                            padding=True, return_tensors="pt").to(device)
+            enc = tokenize(tokenizer, [texts[i] for i in idx], max_length, truncation)
+            enc = tokenizer.pad(enc, return_tensors="pt").to(device)
             logits[idx] = model(**enc).logits.float().cpu().numpy()
     z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     return np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
@@ -121,6 +128,58 @@ def classification_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str], 
     }
 
 
+def tune_bias(probs: np.ndarray, y: np.ndarray, n_labels: int, half_width: float, step: float = 0.1) -> np.ndarray:
+    """Per-class biases b for argmax(log p + b) that maximise macro-F1 on (probs, y).
+
+    Coordinate ascent over a grid of [-half_width, half_width]: each class's bias in turn
+    (class 0 stays 0: a shared shift changes no argmax), until a full pass changes nothing.
+    Ties keep the bias nearest 0, so b = 0 (plain argmax) wins unless something beats it.
+    """
+    from sklearn.metrics import f1_score
+
+    log_p = np.log(np.clip(probs, 1e-12, None))
+    grid = sorted(np.round(np.arange(-half_width, half_width + step / 2, step), 6), key=abs)
+    bias = np.zeros(n_labels)
+
+    def score(b: np.ndarray) -> float:
+        return f1_score(y, (log_p + b).argmax(axis=1), labels=list(range(n_labels)), average="macro", zero_division=0)
+
+    best, changed = score(bias), True
+    while changed and half_width > 0:
+        changed = False
+        for c in range(1, n_labels):
+            for value in grid:
+                trial = bias.copy()
+                trial[c] = value
+                if (s := score(trial)) > best + 1e-12:
+                    best, bias, changed = s, trial, True
+    return bias
+
+
+def bias_tuned_metrics(val_probs: np.ndarray, val_y: np.ndarray, probs: np.ndarray, y: np.ndarray,
+                       labels: list[str], half_width: float) -> dict:
+    """Test accuracy and F1s of argmax(log p + b), b tuned on validation (tune_bias)."""
+    from sklearn.metrics import f1_score
+
+    bias = tune_bias(val_probs, val_y, len(labels), half_width)
+    classes = list(range(len(labels)))
+
+    def macro_f1(p: np.ndarray, truth: np.ndarray, b: np.ndarray) -> float:
+        return float(f1_score(truth, (np.log(np.clip(p, 1e-12, None)) + b).argmax(axis=1), labels=classes,
+                              average="macro", zero_division=0))
+
+    pred = (np.log(np.clip(probs, 1e-12, None)) + bias).argmax(axis=1)
+    per_class = f1_score(y, pred, labels=classes, average=None, zero_division=0)
+    return {
+        "bias": {label: float(b) for label, b in zip(labels, bias)},
+        "val_macro_f1_argmax": macro_f1(val_probs, val_y, np.zeros(len(labels))),
+        "val_macro_f1": macro_f1(val_probs, val_y, bias),
+        "accuracy": float((pred == y).mean()),
+        "macro_f1": macro_f1(probs, y, bias),
+        "per_class_f1": {label: float(f) for label, f in zip(labels, per_class)},
+    }
+
+
 def predictions_csv(ids: list[str], y: np.ndarray, probs: np.ndarray, labels: list[str]) -> str:
     """CSV text with columns id, actual, predicted, confidence (label names, not ids)."""
     buf = io.StringIO()
@@ -153,7 +212,7 @@ def run(params: EvaluateParams, model_dir: Path = ROOT / "models/train", data_di
         metrics_path: Path = ROOT / "metrics/evaluate.json", plots_dir: Path = ROOT / "plots/evaluate") -> dict:
     """Predict the test split with the trained model and write metrics and plots."""
     for path, stage in ((model_dir / "pipeline.json", "train"), (data_dir / "test.jsonl", "prepare"),
-                        (data_dir / "labels.json", "prepare")):
+                        (data_dir / "val.jsonl", "prepare"), (data_dir / "labels.json", "prepare")):
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: run `dvc repro {stage}` first")
     pipeline = read_json(model_dir / "pipeline.json")
@@ -162,15 +221,20 @@ def run(params: EvaluateParams, model_dir: Path = ROOT / "models/train", data_di
         raise ValueError(f"{model_dir / 'pipeline.json'} labels {pipeline['labels']} differ from "
                          f"{data_dir / 'labels.json'} {labels}: re-run the train stage on this data")
     ids, texts, y = load_split(data_dir / "test.jsonl", labels)
-    print(f"evaluate: {len(texts)} test rows, {len(labels)} classes, model {model_dir}")
-    probs = predict_proba(model_dir, texts, len(labels), pipeline["model"]["max_length"], params.batch_size)
+    _, val_texts, val_y = load_split(data_dir / "val.jsonl", labels)
+    print(f"evaluate: {len(texts)} test rows, {len(val_texts)} val rows, {len(labels)} classes, model {model_dir}")
+    model = pipeline["model"]
+    probs, val_probs = (predict_proba(model_dir, t, len(labels), model["max_length"], params.batch_size,
+                                      model["truncation"]) for t in (texts, val_texts))
     metrics = classification_metrics(probs, y, labels, params.ece_bins)
+    metrics["bias_tuned"] = bias_tuned_metrics(val_probs, val_y, probs, y, labels, params.bias_search)
     save_confusion_png(plots_dir / "confusion.png", y, probs.argmax(axis=1), labels)
     write_text(plots_dir / "predictions.csv", predictions_csv(ids, y, probs, labels))
     write_json(plots_dir / "calibration.json", calibration_bins(probs, y, params.ece_bins))
     write_json(metrics_path, metrics)
     print(f"evaluate: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
-          f"ECE {metrics['ece']:.4f}; wrote {metrics_path} and 3 files in {plots_dir}")
+          f"ECE {metrics['ece']:.4f}; with validation-tuned biases {metrics['bias_tuned']['bias']}: "
+          f"macro-F1 {metrics['bias_tuned']['macro_f1']:.4f}; wrote {metrics_path} and 3 files in {plots_dir}")
     return metrics
 
 

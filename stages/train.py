@@ -22,7 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -46,6 +46,7 @@ from stages.swa import VAL_LOSS, SWACallback, SwaParams, build_lr_scheduler, eva
 class ModelParams:
     name: str
     max_length: Annotated[int, common.Range(8, why="[CLS] ... [SEP] around a few tokens of text")]
+    truncation: Literal["head", "head_tail"]  # what a text longer than max_length keeps (common.tokenize)
 
     def __post_init__(self) -> None:
         common.check_ranges(self, "model")
@@ -157,13 +158,11 @@ def make_compute_metrics(alpha: torch.Tensor, loss_params: LossParams):
     return compute_metrics
 
 
-def encode(rows: list[dict], tokenizer, label2id: dict[str, int], max_length: int):
+def encode(rows: list[dict], tokenizer, label2id: dict[str, int], model_params: ModelParams):
     from datasets import Dataset
 
-    data = Dataset.from_dict({"text": [r["text"] for r in rows], "labels": [label2id[r["label"]] for r in rows]})
-    return data.map(
-        lambda b: tokenizer(b["text"], truncation=True, max_length=max_length), batched=True, remove_columns=["text"]
-    )
+    enc = common.tokenize(tokenizer, [r["text"] for r in rows], model_params.max_length, model_params.truncation)
+    return Dataset.from_dict({**enc, "labels": [label2id[r["label"]] for r in rows]})
 
 
 def training_args(out_dir: str, p: TrainParams, seed: int) -> TrainingArguments:
@@ -250,8 +249,8 @@ def run(
             f"{model_params.name!r}: re-run the tokenizer stage (`dvc repro`)."
         )
     label2id = {lab: i for i, lab in enumerate(labels)}
-    train_ds = encode(common.read_rows(root / "data/augment/train.jsonl"), tokenizer, label2id, model_params.max_length)
-    val_ds = encode(common.read_rows(root / "data/prepare/val.jsonl"), tokenizer, label2id, model_params.max_length)
+    train_ds = encode(common.read_rows(root / "data/augment/train.jsonl"), tokenizer, label2id, model_params)
+    val_ds = encode(common.read_rows(root / "data/prepare/val.jsonl"), tokenizer, label2id, model_params)
     print(f"train {len(train_ds)} rows, val {len(val_ds)} rows, {len(labels)} classes, vocab {len(tokenizer)}")
     model = build_model(tokenizer, meta, model_params, labels, seed)
     swa_cb = SWACallback(train_params.swa.start_epoch) if train_params.swa.enabled else None

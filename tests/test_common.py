@@ -46,3 +46,20 @@ def test_local_model_dirs_must_live_under_models_base(tmp_path):
     with pytest.raises(ParamsError, match=r"augment.from_model: elsewhere/enc is a local directory outside "
                                           r"models/base/, so `dvc repro` would not notice"):
         check_tracked_model("elsewhere/enc", "augment.from_model", tmp_path)
+
+
+def test_head_tail_truncation_keeps_the_start_and_the_end_inside_the_special_tokens(tmp_path):
+    from transformers import AutoTokenizer
+
+    from stages.common import tokenize
+    from tiny_bert import build_tiny_bert
+
+    words = [f"w{chr(97 + i)}" for i in range(20)]  # wa .. wt: one token each
+    tok = AutoTokenizer.from_pretrained(build_tiny_bert(tmp_path / "bert", [" ".join(words)]))
+    long_text, short = " ".join(words), "wa wb"
+    tail = tokenize(tok, [long_text, short], 10, "head_tail")
+    head = tokenize(tok, [long_text, short], 10, "head")
+    assert tok.convert_ids_to_tokens(tail["input_ids"][0]) == ["[CLS]", "wa", "wb"] + words[-6:] + ["[SEP]"]
+    assert tok.convert_ids_to_tokens(head["input_ids"][0]) == ["[CLS]"] + words[:8] + ["[SEP]"]
+    assert tail["input_ids"][1] == head["input_ids"][1] == tok(short)["input_ids"]  # short texts are untouched
+    assert all(len(v[0]) == 10 for v in tail.values())  # mask and type ids are cut alike

@@ -20,6 +20,7 @@ from stages.evaluate import (
     predict_proba,
     predictions_csv,
     run,
+    tune_bias,
 )
 from tiny_bert import build_tiny_bert
 
@@ -94,7 +95,7 @@ def test_load_split_names_the_row_with_an_unknown_label(tmp_path):
 
 def test_params_reject_zero_bins():
     with pytest.raises(ParamsError, match="ece_bins"):
-        EvaluateParams(batch_size=8, ece_bins=0)
+        EvaluateParams(batch_size=8, ece_bins=0, bias_search=2.0)
 
 
 TEXTS = ["great drug no side effects", "terrible headache and nausea", "it was fine i guess",
@@ -116,11 +117,13 @@ def trained(tmp_path):
         for weight in (p for p in model.parameters() if p.dim() == 2):
             weight.mul_(20)
     model.save_pretrained(model_dir)
-    write_json(model_dir / "pipeline.json", {"seed": 0, "labels": LABELS, "model": {"name": "tiny", "max_length": 16},
+    write_json(model_dir / "pipeline.json", {"seed": 0, "labels": LABELS, "model": {"name": "tiny", "max_length": 16,
+                                                                                 "truncation": "head"},
                                              "loss": {}, "train": {}, "kept": "best"})
     data_dir = tmp_path / "data/prepare"
-    write_jsonl(data_dir / "test.jsonl",
-                [{"id": f"t{i}", "text": t, "label": LABELS[i % 3]} for i, t in enumerate(TEXTS)])
+    for split in ("test", "val"):
+        write_jsonl(data_dir / f"{split}.jsonl",
+                    [{"id": f"t{i}", "text": t, "label": LABELS[i % 3]} for i, t in enumerate(TEXTS)])
     write_json(data_dir / "labels.json", LABELS)
     return model_dir, data_dir
 
@@ -144,10 +147,14 @@ def test_predict_proba_keeps_input_order_despite_length_batching(trained):
 def test_run_writes_metrics_and_dvc_plot_files(trained, tmp_path):
     model_dir, data_dir = trained
     metrics_path, plots_dir = tmp_path / "metrics/evaluate.json", tmp_path / "plots/evaluate"
-    result = run(EvaluateParams(batch_size=4, ece_bins=10), model_dir, data_dir, metrics_path, plots_dir)
+    result = run(EvaluateParams(batch_size=4, ece_bins=10, bias_search=2.0), model_dir, data_dir, metrics_path, plots_dir)
     saved = json.loads(metrics_path.read_text())
     assert saved == result
-    assert set(saved) == {"accuracy", "macro_f1", "weighted_f1", "per_class", "ece", "ce_loss", "n_test"}
+    assert set(saved) == {"accuracy", "macro_f1", "weighted_f1", "per_class", "ece", "ce_loss", "n_test",
+                          "bias_tuned"}
+    # val == test here, so the tuned rule scores on test what it found on val, never below argmax
+    tuned = saved["bias_tuned"]
+    assert tuned["macro_f1"] == pytest.approx(tuned["val_macro_f1"]) and tuned["macro_f1"] >= saved["macro_f1"]
     assert saved["n_test"] == len(TEXTS)
     rows = list(csv.DictReader((plots_dir / "predictions.csv").open()))
     assert len(rows) == len(TEXTS) and list(rows[0]) == ["id", "actual", "predicted", "confidence"]
@@ -163,11 +170,28 @@ def test_run_fails_when_model_labels_differ_from_labels_json(trained, tmp_path):
     model_dir, data_dir = trained
     write_json(data_dir / "labels.json", ["a", "b", "c"])
     with pytest.raises(ValueError, match="re-run the train stage"):
-        run(EvaluateParams(batch_size=4, ece_bins=10), model_dir, data_dir, tmp_path / "m.json", tmp_path / "p")
+        run(EvaluateParams(batch_size=4, ece_bins=10, bias_search=2.0), model_dir, data_dir, tmp_path / "m.json", tmp_path / "p")
     assert not (tmp_path / "m.json").exists()
 
 
 def test_run_names_a_missing_input_and_the_stage_that_makes_it(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"pipeline.json is missing: run `dvc repro train`"):
-        run(EvaluateParams(batch_size=4, ece_bins=10), tmp_path / "models/train", tmp_path / "data",
+        run(EvaluateParams(batch_size=4, ece_bins=10, bias_search=2.0), tmp_path / "models/train", tmp_path / "data",
             tmp_path / "m.json", tmp_path / "p")
+
+
+def test_tune_bias_finds_the_shift_that_recovers_an_under_predicted_class():
+    # Class 1 is always the runner-up at 0.3 vs 0.6 (log-ratio -0.69), and it is the truth
+    # on half the rows: only a bias of at least +0.7 on class 1 predicts it.
+    probs = np.array([[0.6, 0.3, 0.1]] * 2 + [[0.1, 0.3, 0.6]] * 2 + [[0.6, 0.35, 0.05]] * 4)
+    y = np.array([0, 0, 2, 2, 1, 1, 1, 1])
+    bias = tune_bias(probs, y, 3, half_width=2.0)
+    assert bias[0] == 0 and bias[1] == pytest.approx(0.6, abs=0.11) and bias[1] > np.log(0.6 / 0.35)
+    assert ((np.log(probs) + bias).argmax(axis=1) == y).all()
+
+
+def test_tune_bias_keeps_plain_argmax_when_it_is_already_best_or_search_is_off():
+    probs = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
+    y = np.array([0, 1, 2])
+    assert not tune_bias(probs, y, 3, half_width=2.0).any()
+    assert not tune_bias(probs, np.array([1, 1, 1]), 3, half_width=0.0).any()

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 PARAMS = {
     "seed": 42,
     "data": {"source": "drugreview", "test_path": None},
-    "model": {"name": "bundled-minilm", "max_length": 128},
+    "model": {"name": "bundled-minilm", "max_length": 128, "truncation": "head"},
     "loss": {"gamma": 2.0},
     "train": {"max_epochs": 3, "swa": {"enabled": True, "lr": 2.0e-5, "keep": "best"}},
     "log": {"experiment_name": "unit-test"},
@@ -85,7 +85,7 @@ def make_root(root):
     write_json(root / "plots/train/history.json", HISTORY)
     write_text(root / "plots/evaluate/predictions.csv", "id,actual,predicted,confidence\n1,negative,negative,0.9\n")
     write_json(root / "models/train/pipeline.json", {"seed": 42, "labels": ["negative", "sci&tech"],
-                                                     "model": {"name": "bundled-minilm", "max_length": 128},
+                                                     "model": {"name": "bundled-minilm", "max_length": 128, "truncation": "head"},
                                                      "loss": {}, "train": {}, "kept": "swa"})
     write_json(root / RUNTIME_DIR / "train.json", {"device": "cpu", "wall_time_s": 12.5})
     write_json(root / RUNTIME_DIR / "augment.json", {"translations": {"cached": 3, "computed": 0}})

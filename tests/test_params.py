@@ -38,6 +38,7 @@ BAD = {
     "data.min_class_count": (1, r"data.min_class_count: 1 is out of range, allowed >= 2"),
     "model.name": (True, r"model.name: expected str, got True"),
     "model.max_length": (4, r"model.max_length: 4 is out of range, allowed >= 8"),
+    "model.truncation": ("tail", r"model.truncation: 'tail' is not one of \['head', 'head_tail'\]"),
     "tokenizer.mode": ("merge", r"tokenizer.mode: 'merge' is not one of \['extend', 'scratch'\]"),
     "tokenizer.vocab_size": (10, r"tokenizer.vocab_size: 10 is out of range, allowed >= 32"),
     "tokenizer.model_type": ("wordpiece", r"tokenizer.model_type: 'wordpiece' is not one of"),
@@ -68,6 +69,7 @@ BAD = {
     "train.swa.keep": ("last", r"train.swa.keep: 'last' is not one of \['best', 'swa', 'auto'\]"),
     "evaluate.batch_size": (0, r"evaluate.batch_size: 0 is out of range, allowed >= 1"),
     "evaluate.ece_bins": (1, r"evaluate.ece_bins: 1 is out of range, allowed >= 2"),
+    "evaluate.bias_search": (-1, r"evaluate.bias_search: -1.0 is out of range, allowed >= 0"),
     "log.experiment_name": (7, r"log.experiment_name: expected str, got 7"),
 }
 

@@ -55,7 +55,7 @@ def _params(root, **train_overrides):
         early_stopping_patience=3, swa=swa,
     )
     train.update(train_overrides)
-    return 7, ModelParams(str(root / "base"), 32), LossParams(2.0, 0.1), TrainParams(**train)
+    return 7, ModelParams(str(root / "base"), 32, "head"), LossParams(2.0, 0.1), TrainParams(**train)
 
 
 def test_run_saves_swa_model_metrics_and_history(tiny_root):
@@ -243,7 +243,8 @@ def test_trainer_validation_loss_is_the_same_for_any_eval_batch_size(tiny_root, 
     tokenizer = AutoTokenizer.from_pretrained(tiny_root / "base")
     from stages.train import encode
 
-    val = encode(common.read_rows(tiny_root / "data/prepare/val.jsonl"), tokenizer, {l: i for i, l in enumerate(LABELS)}, 32)
+    val = encode(common.read_rows(tiny_root / "data/prepare/val.jsonl"), tokenizer, {l: i for i, l in enumerate(LABELS)},
+                 ModelParams(name="tiny", max_length=32, truncation="head"))
     losses = []
     for eval_batch in (3, 5, 12):
         model = AutoModelForSequenceClassification.from_pretrained(tiny_root / "base")
@@ -266,7 +267,8 @@ def test_gradient_accumulation_gives_the_same_update_as_one_batch(tiny_root, tmp
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_root / "base")
     rows = common.read_rows(tiny_root / "data/augment/train.jsonl")[:8]
-    data = encode(rows, tokenizer, {l: i for i, l in enumerate(LABELS)}, 32)
+    data = encode(rows, tokenizer, {l: i for i, l in enumerate(LABELS)},
+                 ModelParams(name="tiny", max_length=32, truncation="head"))
     no_swa = SwaParams(enabled=False, start_epoch=2, lr=1e-3, keep="best")
     seed, _, loss_params, _ = _params(tiny_root)
     weights = []
@@ -293,7 +295,7 @@ def test_build_model_starts_new_token_rows_at_their_subtoken_mean(tmp_path):
     sub_ids = tokenizer("zolpidem", add_special_tokens=False)["input_ids"]
     tokenizer.add_tokens(["zolpidem"])
     meta = {"mode": "extend", "new_tokens": {"zolpidem": sub_ids}}
-    model = build_model(tokenizer, meta, ModelParams(str(base), 32), ["a", "b"], seed=0)
+    model = build_model(tokenizer, meta, ModelParams(str(base), 32, "head"), ["a", "b"], seed=0)
     original = AutoModelForSequenceClassification.from_pretrained(base).get_input_embeddings().weight
     row = model.get_input_embeddings().weight[tokenizer.convert_tokens_to_ids("zolpidem")]
     torch.testing.assert_close(row, original[sub_ids].mean(0))
@@ -311,8 +313,8 @@ def test_weights_load_from_safetensors_only(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(base)
     meta = {"mode": "extend", "new_tokens": {}}
     with pytest.raises(OSError, match="safetensors"):
-        build_model(tokenizer, meta, ModelParams(str(pickled), 32), ["a", "b"], seed=0)
-    assert build_model(tokenizer, meta, ModelParams(str(base), 32), ["a", "b"], seed=0) is not None
+        build_model(tokenizer, meta, ModelParams(str(pickled), 32, "head"), ["a", "b"], seed=0)
+    assert build_model(tokenizer, meta, ModelParams(str(base), 32, "head"), ["a", "b"], seed=0) is not None
 
 
 def test_no_stage_enables_remote_code():
