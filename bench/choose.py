@@ -1,0 +1,164 @@
+"""Choose defaults on validation only: Monte Carlo cross-validation through the stages themselves.
+
+`seed` also draws the train/validation split (prepare), so each seed is a different split
+of the training data, and the official test split is never read. For every candidate
+(a set of params overrides) and seed, the stages run as `python -m stages.<name>` in a
+scratch copy of the pipeline (PIPELINE_ROOT), and the kept model's validation macro-F1
+and cross-entropy are collected into a mean ± std table over seeds.
+
+Two phases, so the slow part can run where a GPU is:
+    python bench/choose.py splits --seeds 42 43 44 45 46 47 48 49   # prepare + augment per seed (CPU,
+                                                                     # translations cached) -> .cache/choose/splits.tar.xz
+    python bench/choose.py run --jobs 4 --set model.name=models/base/minilm \\
+        default: gamma0:loss.gamma=0 g0-headtail:loss.gamma=0,model.truncation=head_tail
+Runs tokenizer, alpha, train per candidate x seed (`--jobs` at a time: only on a GPU; on a
+2-core CPU keep 1) and prints the table; results land in .cache/choose/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from stages.common import ROOT, read_json, read_params, workspace_root  # noqa: E402
+from tools.grid import cell  # noqa: E402
+
+WORK = ROOT / ".cache/choose"
+SPLIT_STAGES = ("prepare", "augment")  # depend on seed and data only: shared by every candidate
+RUN_STAGES = ("tokenizer", "alpha", "train")  # never evaluate: test is not looked at
+
+
+def with_overrides(params: dict, overrides: dict[str, object]) -> dict:
+    """A copy of params.yaml's mapping with dotted keys set (`loss.gamma` -> params["loss"]["gamma"])."""
+    out = json.loads(json.dumps(params))
+    for dotted, value in overrides.items():
+        *path, last = dotted.split(".")
+        node = out
+        for key in path:
+            node = node[key]
+        if last not in node:
+            raise KeyError(f"{dotted}: no such key in params.yaml")
+        node[last] = value
+    return out
+
+
+def parse_sets(text: str) -> dict[str, object]:
+    """`a.b=1,c=head` -> {"a.b": 1, "c": "head"} (values parsed as YAML, like `dvc exp run -S`)."""
+    pairs = [p.split("=", 1) for p in text.split(",") if p]
+    return {k: yaml.safe_load(v) for k, v in pairs}
+
+
+def make_root(root: Path, params: dict) -> Path:
+    """A scratch pipeline root: params.yaml, and links to the user's data/raw and models/base."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for shared in ("data/raw", "models/base"):
+        if (ROOT / shared).exists() and not (root / shared).exists():
+            (root / shared).parent.mkdir(parents=True, exist_ok=True)
+            (root / shared).symlink_to(ROOT / shared)
+    return root
+
+
+def run_stages(root: Path, stages: tuple[str, ...], threads: int | None = None) -> None:
+    env = {**os.environ, "PIPELINE_ROOT": str(root)}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    for stage in stages:
+        with open(root / f"{stage}.log", "w") as log:
+            done = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=ROOT, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT)
+        if done.returncode:
+            raise RuntimeError(f"{stage} failed in {root}: see {root / f'{stage}.log'}")
+
+
+def splits(seeds: list[int]) -> Path:
+    """prepare + augment for each seed; the translation cache is the repository's."""
+    archive = WORK / "splits.tar.xz"
+    with tarfile.open(archive, "w:xz") as tar:
+        for seed in seeds:
+            root = make_root(WORK / f"split-s{seed}", with_overrides(read_params(), {"seed": seed}))
+            cache = root / ".cache/augment"
+            if not cache.exists():
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                cache.symlink_to(workspace_root() / ".cache/augment")
+            run_stages(root, SPLIT_STAGES)
+            for part in ("data/prepare", "data/augment"):
+                tar.add(root / part, arcname=f"s{seed}/{part}")
+            print(f"split s{seed}: {read_json(root / 'metrics/prepare.json')['val']}", flush=True)
+    return archive
+
+
+def run_one(name: str, overrides: dict, seed: int, threads: int | None) -> dict:
+    root = make_root(WORK / f"{name}-s{seed}", with_overrides(read_params(), {**overrides, "seed": seed}))
+    for part in ("data/prepare", "data/augment"):
+        shutil.rmtree(root / part, ignore_errors=True)
+        shutil.copytree(WORK / "splits" / f"s{seed}" / part, root / part)
+    run_stages(root, RUN_STAGES, threads)
+    metrics = read_json(root / "metrics/train.json")
+    kept = metrics["swa"] if metrics["kept"] == "swa" else metrics["best"]
+    result = {"candidate": name, "seed": seed, "val_macro_f1": kept["val_macro_f1"],
+              "val_ce_loss": kept["val_ce_loss"], "val_accuracy": kept["val_accuracy"],
+              "epochs_run": metrics["epochs_run"], "kept": metrics["kept"]}
+    print(json.dumps(result), flush=True)  # one line per run: a cut-off batch keeps what finished
+    return result
+
+
+def run(candidates: dict[str, dict], common_sets: dict, jobs: int) -> list[dict]:
+    with tarfile.open(WORK / "splits.tar.xz") as tar:
+        tar.extractall(WORK / "splits", filter="data")
+    seeds = sorted(int(p.name[1:]) for p in (WORK / "splits").iterdir())
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    tasks = [(name, {**common_sets, **sets}, seed) for seed in seeds for name, sets in candidates.items()]
+    with ThreadPoolExecutor(jobs) as pool:
+        results = list(pool.map(lambda t: run_one(*t, threads), tasks))
+    (WORK / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| candidate | seeds | val macro-F1 | val CE loss | val accuracy | epochs |", "|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["candidate"] for r in results):
+        rows = [r for r in results if r["candidate"] == name]
+        lines.append(f"| {name} | {len(rows)} | " + " | ".join(
+            cell([r[k] for r in rows]) for k in ("val_macro_f1", "val_ce_loss", "val_accuracy", "epochs_run")) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("splits")
+    s.add_argument("--seeds", type=int, nargs="+", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("candidates", nargs="+", help="name:key=value,key=value (name: alone = params.yaml)")
+    r.add_argument("--set", default="", help="overrides for every candidate, e.g. model.name=models/base/x")
+    r.add_argument("--jobs", type=int, default=1)
+    t = sub.add_parser("table", help="the table again, from results.json or lines of a run's output")
+    t.add_argument("log", nargs="?", type=Path)
+    args = parser.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    if args.command == "splits":
+        print(splits(args.seeds))
+    elif args.command == "run":
+        candidates = {c.split(":", 1)[0]: parse_sets(c.split(":", 1)[1]) for c in args.candidates}
+        print(table(run(candidates, parse_sets(args.set), args.jobs)), end="")
+    elif args.log:
+        lines = args.log.read_text().splitlines()
+        print(table([json.loads(line) for line in lines if line.startswith('{"candidate"')]), end="")
+    else:
+        print(table(json.loads((WORK / "results.json").read_text())), end="")
+
+
+if __name__ == "__main__":
+    main()
