@@ -6,6 +6,8 @@ Methods:
   normalised to sum to 1; beta -> 0 gives uniform weights, beta -> 1 gives `inverse`.
 - none: all ones (plain focal loss / cross-entropy).
 
+The train set is read line by line: only the per-class counts are kept.
+
 Inputs:  data/augment/train.jsonl, data/prepare/labels.json
 Outputs: data/alpha/alpha.json (list in label order), metrics/alpha.json (per-class)
 Params:  alpha
@@ -17,7 +19,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Iterable, Literal
 
 from stages import common
 
@@ -48,8 +50,9 @@ def compute_alpha(counts: list[int], method: str, beta: float = 0.999) -> list[f
     return [w / norm for w in raw]
 
 
-def class_counts(rows: list[dict], labels: list[str]) -> list[int]:
-    """Rows per label, in `labels` order; unknown labels are an error."""
+def class_counts(rows: Iterable[dict], labels: list[str]) -> list[int]:
+    """Rows per label, in `labels` order, counted row by row (a stream of rows is never held); unknown labels
+    are an error."""
     counts = Counter(r["label"] for r in rows)
     unknown = sorted(set(counts) - set(labels))
     if unknown:
@@ -65,7 +68,7 @@ def run(
     metrics_path: Path = common.ROOT / "metrics/alpha.json",
 ) -> dict:
     labels = common.read_json(labels_path)
-    counts = class_counts(common.read_rows(train_path), labels)
+    counts = class_counts(common.iter_rows(train_path), labels)
     alpha = compute_alpha(counts, params.method, params.beta)
     metrics = {
         "method": params.method,

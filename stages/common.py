@@ -238,18 +238,33 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def _check_row(path: Path, n: int, row: dict[str, Any]) -> dict[str, Any]:
+    missing = sorted({"id", "text", "label"} - set(row))
+    if missing:
+        raise ValueError(f"{path} row {n}: missing key(s) {missing}; re-run the prepare stage")
+    if not isinstance(row["text"], str):
+        raise ValueError(f"{path} row {n}: 'text' is not a string; re-run the prepare stage")
+    return row
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """Rows of a prepare-format split ({"id", "text", "label"} per line); a bad row fails by number (1-based)."""
     rows = read_jsonl(path)
     if not rows:
         raise ValueError(f"{path} is empty; re-run the prepare stage")
-    for n, row in enumerate(rows, 1):
-        missing = sorted({"id", "text", "label"} - set(row))
-        if missing:
-            raise ValueError(f"{path} row {n}: missing key(s) {missing}; re-run the prepare stage")
-        if not isinstance(row["text"], str):
-            raise ValueError(f"{path} row {n}: 'text' is not a string; re-run the prepare stage")
-    return rows
+    return [_check_row(path, n, row) for n, row in enumerate(rows, 1)]
+
+
+def iter_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """`read_rows` one line at a time, for splits too large to hold: a bad row fails when it is reached."""
+    n = 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                n += 1
+                yield _check_row(path, n, json.loads(line))
+    if not n:
+        raise ValueError(f"{path} is empty; re-run the prepare stage")
 
 
 @contextlib.contextmanager

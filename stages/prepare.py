@@ -13,22 +13,32 @@ is data row 123 (0-based) of the train file (drugsComTrain.tsv or data.source), 
 of the test file (drugsComTest.tsv or data.test_path), `sports-199` the BBC file
 sports/199.txt. A row split off into test from a single source keeps its `train-` id.
 
+Memory does not grow with the texts: a data file is read twice, row by row (a CSV in chunks
+of CHUNK_ROWS). The first pass validates every row and keeps only a label id and a hash of
+the cleaned text per row in numpy arrays (`Columns`), which is all that dedupe, leak removal
+and the stratified splits need; the second pass writes each kept row to its split.
+
 Run: python -m stages.prepare
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import hashlib
 import html
 import importlib.util
 import io
+import itertools
 import json
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Callable, Iterable, Iterator
 
+import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
@@ -41,11 +51,15 @@ from stages.common import (
     load_section,
     load_seed,
     write_json,
-    write_jsonl,
 )
 
 Row = dict[str, str]
+# Called once per pass over the data: the rows are read again rather than held in memory.
+RowSource = Callable[[], Iterable[Row]]
 DROP_KINDS = ("empty", "duplicates", "label_conflicts", "cross_split_leaks")
+SPLITS = ("train", "val", "test")
+TRAIN, VAL, TEST, DROPPED = 0, 1, 2, -1  # a row's split code: its index in SPLITS, or DROPPED
+CHUNK_ROWS = 10_000  # rows parsed and encoded at a time: memory follows the chunk, not the file
 # Users' data files live here: the directory is a dependency of prepare in dvc.yaml.
 RAW_DIR = ROOT / "data" / "raw"
 
@@ -68,114 +82,183 @@ class DataError(ValueError):
     """The input data cannot be prepared; the message names the file/row/column and the fix."""
 
 
+@dataclass(frozen=True)
+class Columns:
+    """A source's rows as compact arrays, 21 bytes a row: all that dedupe and splitting need."""
+
+    labels: np.ndarray  # int32 index into the sorted label names
+    hashes: np.ndarray  # S16: blake2b-128 of the cleaned text, so equal texts have equal hashes
+    empty: np.ndarray  # bool: nothing is left of the text after cleaning
+    source: RowSource  # the rows themselves, read again to write the splits or name a row in an error
+
+    def row_id(self, i: int) -> str:
+        """The id of row `i`, read back from the source (only an error message needs one)."""
+        return next(itertools.islice(self.source(), int(i), None))["id"]
+
+
 def clean_text(text: str) -> str:
     """Decode HTML entities (the drug reviews carry `&#039;`) and collapse whitespace runs."""
     return " ".join(html.unescape(text).split())
 
 
-def clean_rows(rows: list[Row]) -> tuple[list[Row], Counter]:
-    """Clean texts and drop empty ones and repeats (first occurrence wins), counting why."""
-    first_label: dict[str, str] = {}
-    kept, dropped = [], Counter()
-    for row in rows:
-        text = clean_text(row["text"])
-        if not text:
-            dropped["empty"] += 1
-        elif text in first_label:
-            dropped["duplicates" if first_label[text] == row["label"] else "label_conflicts"] += 1
-        else:
-            first_label[text] = row["label"]
-            kept.append({**row, "text": text})
-    return kept, dropped
+def text_hash(text: str) -> bytes:
+    # 128 bits: a chance collision (two texts taken for one) is negligible even for 10^12 rows.
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
-def drop_leaks(train: list[Row], test: list[Row]) -> tuple[list[Row], int]:
-    """Drop train rows whose text is also in test: a test score must measure unseen texts."""
-    test_texts = {r["text"] for r in test}
-    kept = [r for r in train if r["text"] not in test_texts]
-    return kept, len(train) - len(kept)
+def encode(source: RowSource, label_ids: dict[str, int]) -> Columns:
+    """One pass over `source`: each row's label id (adding new labels to `label_ids`) and cleaned-text hash."""
+    labels, hashes, empty = [np.empty(0, np.int32)], [np.empty(0, "S16")], [np.empty(0, bool)]
+    rows = iter(source())
+    while chunk := list(itertools.islice(rows, CHUNK_ROWS)):
+        texts = [clean_text(row["text"]) for row in chunk]
+        labels.append(np.array([label_ids.setdefault(row["label"], len(label_ids)) for row in chunk], np.int32))
+        hashes.append(np.array([text_hash(text) for text in texts], "S16"))
+        empty.append(np.array([not text for text in texts], bool))
+    return Columns(np.concatenate(labels), np.concatenate(hashes), np.concatenate(empty), source)
 
 
-def stratified_split(rows: list[Row], fraction: float, seed: int, what: str) -> tuple[list[Row], list[Row]]:
-    """Split off `fraction` of `rows` keeping class proportions; both parts keep source order."""
-    labels = [r["label"] for r in rows]
+def encode_sources(train: RowSource, test: RowSource | None) -> tuple[Columns, Columns | None, list[str]]:
+    """Encode both sources with one label numbering; ids follow the sorted names, as sklearn orders classes,
+    so the stratified splits are the same as when they were made from the label strings."""
+    label_ids: dict[str, int] = {}
+    columns = [encode(source, label_ids) for source in (train, test) if source is not None]
+    names = sorted(label_ids)
+    rank = {name: i for i, name in enumerate(names)}
+    sorted_id = np.array([rank[name] for name in label_ids], np.int32)  # indexed by first-seen id
+    columns = [dataclasses.replace(c, labels=sorted_id[c.labels]) for c in columns]
+    return columns[0], columns[1] if test is not None else None, names
+
+
+def dedupe(columns: Columns) -> tuple[np.ndarray, Counter]:
+    """Mask of the rows to keep: non-empty, first occurrence of its text. Drops counted by reason."""
+    filled = np.flatnonzero(~columns.empty)
+    _, first, group = np.unique(columns.hashes[filled], return_index=True, return_inverse=True)
+    original = filled[first][group.reshape(-1)]  # for each non-empty row, where its text first occurs
+    repeat = original != filled
+    conflicts = int(np.count_nonzero(columns.labels[filled[repeat]] != columns.labels[original[repeat]]))
+    keep = np.zeros(len(columns.labels), bool)
+    keep[filled[~repeat]] = True
+    dropped = Counter(empty=int(np.count_nonzero(columns.empty)), duplicates=int(np.count_nonzero(repeat)) - conflicts,
+                      label_conflicts=conflicts)
+    return keep, +dropped
+
+
+def drop_leaks(pool: np.ndarray, hashes: np.ndarray, test_hashes: np.ndarray) -> tuple[np.ndarray, int]:
+    """`pool` without the rows whose text is also in test: a test score must measure unseen texts."""
+    leaks = pool & np.isin(hashes, test_hashes)
+    return pool & ~leaks, int(np.count_nonzero(leaks))
+
+
+def stratified_split(
+    labels: np.ndarray, fraction: float, seed: int, what: str, names: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in `labels` of the rest and of a held-out `fraction` with the same class proportions, each sorted."""
     try:
-        rest, held = train_test_split(
-            list(range(len(rows))), test_size=fraction, stratify=labels, random_state=seed
-        )
+        rest, held = train_test_split(np.arange(len(labels)), test_size=fraction, stratify=labels, random_state=seed)
     except ValueError as e:  # too few rows for the fraction, or a class with a single row
+        counts = {names[i]: int(n) for i, n in enumerate(np.bincount(labels, minlength=len(names))) if n}
         raise DataError(
-            f"cannot make a stratified {what} split with fraction {fraction} of {len(rows)} rows, "
-            f"class counts {dict(sorted(Counter(labels).items()))}: {e}. Add rows or change the fraction."
+            f"cannot make a stratified {what} split with fraction {fraction} of {len(labels)} rows, "
+            f"class counts {counts}: {e}. Add rows or change the fraction."
         ) from e
-    return [rows[i] for i in sorted(rest)], [rows[i] for i in sorted(held)]
+    return np.sort(rest), np.sort(held)
 
 
-def check_classes(train: list[Row], test: list[Row], min_count: int) -> None:
+def check_classes(
+    train_labels: np.ndarray, test: Columns, test_rows: np.ndarray, names: list[str], min_count: int
+) -> None:
     """Fail on fewer than 2 classes, a class too small to learn or split, or labels only test has."""
-    counts = Counter(r["label"] for r in train)
-    if len(counts) < 2:
-        raise DataError(f"need at least 2 classes in train, found {sorted(counts)}; check data.label_column")
-    rare = [f"'{c}' ({n} rows)" for c, n in sorted(counts.items()) if n < min_count]
+    counts = np.bincount(train_labels, minlength=len(names))
+    present = [names[i] for i in np.flatnonzero(counts)]
+    if len(present) < 2:
+        raise DataError(f"need at least 2 classes in train, found {present}; check data.label_column")
+    rare = [f"'{names[i]}' ({counts[i]} rows)" for i in np.flatnonzero((counts > 0) & (counts < min_count))]
     if rare:
         raise DataError(
             f"class(es) with fewer than data.min_class_count={min_count} train rows: {', '.join(rare)}; "
             "add rows, merge the class into another, or drop it"
         )
-    unseen = [r for r in test if r["label"] not in counts]
-    if unseen:
+    unseen = test_rows[counts[test.labels[test_rows]] == 0]
+    if unseen.size:
         raise DataError(
-            f"test label(s) {sorted({r['label'] for r in unseen})} never occur in train {sorted(counts)} "
-            f"(first at test row id {unseen[0]['id']}); fix the test labels or add train rows for them"
+            f"test label(s) {sorted({names[i] for i in test.labels[unseen]})} never occur in train {present} "
+            f"(first at test row id {test.row_id(unseen[0])}); fix the test labels or add train rows for them"
         )
 
 
 def make_splits(
-    rows: list[Row], test: list[Row] | None, params: DataParams, seed: int
-) -> tuple[dict[str, list[Row]], Counter]:
-    """Clean, dedupe and split into {"train", "val", "test"}; `test` None => split it off `rows`."""
-    pool, dropped = clean_rows(rows)
+    train: Columns, test: Columns | None, names: list[str], params: DataParams, seed: int
+) -> tuple[list[np.ndarray], Counter]:
+    """Dedupe, drop leaks and split; `test` None => split it off `train`. For each source (train, then
+    test if given) the split code of every row: TRAIN, VAL, TEST or DROPPED."""
+    pool, dropped = dedupe(train)
+    codes = [np.full(len(train.labels), DROPPED, np.int8)]
     if test is not None:
-        test, test_dropped = clean_rows(test)
+        test_keep, test_dropped = dedupe(test)
         dropped += test_dropped
-        pool, dropped["cross_split_leaks"] = drop_leaks(pool, test)
+        pool, dropped["cross_split_leaks"] = drop_leaks(pool, train.hashes, test.hashes[test_keep])
+        codes.append(np.where(test_keep, TEST, DROPPED).astype(np.int8))
+    rows = np.flatnonzero(pool)  # the train-source rows left to split
     try:
-        train_pool = pool
         if test is None:
-            train_pool, test = stratified_split(pool, params.test_fraction, seed, "test")
-        check_classes(train_pool, test, params.min_class_count)
-        train, val = stratified_split(train_pool, params.val_fraction, seed, "validation")
+            rest, held = stratified_split(train.labels[rows], params.test_fraction, seed, "test", names)
+            rows, test, test_rows = rows[rest], train, rows[held]  # from here on, test rows are train-source rows
+            codes[0][test_rows] = TEST
+        else:
+            test_rows = np.flatnonzero(codes[1] == TEST)
+        check_classes(train.labels[rows], test, test_rows, names, params.min_class_count)
+        rest, held = stratified_split(train.labels[rows], params.val_fraction, seed, "validation", names)
     except DataError as e:
-        raise DataError(f"{e}{dropped_note(rows, pool, dropped)}") from e
-    return {"train": train, "val": val, "test": test}, dropped
+        raise DataError(f"{e}{dropped_note(train.labels, pool, dropped, names)}") from e
+    codes[0][rows[rest]], codes[0][rows[held]] = TRAIN, VAL
+    return codes, dropped
 
 
-def dropped_note(source: list[Row], kept: list[Row], dropped: Counter) -> str:
+def dropped_note(labels: np.ndarray, kept: np.ndarray, dropped: Counter, names: list[str]) -> str:
     """Why a class may have become too small: rows dropped before the split, by reason and class."""
     if not +dropped:
         return ""
-    lost = Counter(r["label"] for r in source) - Counter(r["label"] for r in kept)
+    lost = np.bincount(labels, minlength=len(names)) - np.bincount(labels[kept], minlength=len(names))
     reasons = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(dropped.items()) if n)
-    per_class = ", ".join(f"'{label}' lost {n}" for label, n in sorted(lost.items()))
+    per_class = ", ".join(f"'{names[i]}' lost {lost[i]}" for i in np.flatnonzero(lost))
     return (f" (Before splitting, {sum(dropped.values())} rows were dropped: {reasons}"
             f"{'; ' + per_class if per_class else ''}. Empty texts, repeated texts and texts also in the test "
             "file are removed so no row is seen twice.)")
 
 
-def split_metrics(splits: dict[str, list[Row]], labels: list[str], dropped: Counter) -> dict:
-    """Rows per class per split (0 where absent), rows per split, and dropped rows by reason."""
-    counts = {name: Counter(r["label"] for r in rows) for name, rows in splits.items()}
+def split_counts(columns: list[Columns], codes: list[np.ndarray], n_labels: int) -> dict[str, np.ndarray]:
+    """Rows per label id in each split, over all sources."""
+    return {name: sum(np.bincount(c.labels[code == k], minlength=n_labels) for c, code in zip(columns, codes))
+            for k, name in enumerate(SPLITS)}
+
+
+def split_metrics(counts: dict[str, np.ndarray], names: list[str], labels: list[str], dropped: Counter) -> dict:
+    """Rows per class (of `labels`, 0 where absent) per split, rows per split, and dropped rows by reason."""
     return {
-        **{name: {label: count[label] for label in labels} for name, count in counts.items()},
-        "totals": {name: len(rows) for name, rows in splits.items()},
+        **{split: {label: int(count[names.index(label)]) for label in labels} for split, count in counts.items()},
+        "totals": {split: int(count.sum()) for split, count in counts.items()},
         "dropped": {kind: dropped[kind] for kind in DROP_KINDS},
     }
+
+
+def write_splits(sources: list[RowSource], codes: list[np.ndarray], out_dir: Path) -> None:
+    """The second pass: every kept row, cleaned, appended to its split's JSONL file in source order."""
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(open(out_dir / f"{name}.jsonl", "w", encoding="utf-8")) for name in SPLITS]
+        for source, code in zip(sources, codes):
+            for row, split in zip(source(), code.tolist(), strict=True):  # fails if the file changed meanwhile
+                if split != DROPPED:
+                    files[split].write(json.dumps({**row, "text": clean_text(row["text"])}, ensure_ascii=False) + "\n")
 
 
 def sha256_of(paths: list[Path]) -> str:
     digest = hashlib.sha256()
     for path in paths:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):  # a block at a time: the file may be larger than memory
+                digest.update(block)
     return digest.hexdigest()
 
 
@@ -239,8 +322,18 @@ def _check_columns(path: Path, where: str, found: list[str], wanted: tuple[str, 
             )
 
 
-def _jsonl_records(path: Path, columns: tuple[str, str]) -> list[tuple[str, object, object]]:
-    records = []
+def _csv_records(path: Path, columns: tuple[str, str]) -> Iterator[tuple[str, object, object]]:
+    try:  # all str: labels stay "1", not 1; in chunks, so a large file is never one DataFrame
+        with pd.read_csv(path, dtype=str, keep_default_na=False, chunksize=CHUNK_ROWS) as chunks:
+            for chunk in chunks:
+                _check_columns(path, "the header", list(chunk.columns), columns)
+                for i, text, label in zip(chunk.index, chunk[columns[0]].tolist(), chunk[columns[1]].tolist()):
+                    yield f"row {i + 2} (the header is row 1)", text, label
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read as a UTF-8 CSV file with a header row: {e}") from e
+
+
+def _jsonl_records(path: Path, columns: tuple[str, str]) -> Iterator[tuple[str, object, object]]:
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
@@ -253,32 +346,34 @@ def _jsonl_records(path: Path, columns: tuple[str, str]) -> list[tuple[str, obje
             if not isinstance(obj, dict):
                 raise DataError(f"{path}: line {n} is a JSON {type(obj).__name__}, expected an object")
             _check_columns(path, f"line {n}", list(obj), columns)
-            records.append((f"line {n}", obj[columns[0]], obj[columns[1]]))
-    return records
+            yield f"line {n}", obj[columns[0]], obj[columns[1]]
 
 
-def read_table(path: Path, text_column: str, label_column: str, prefix: str) -> list[Row]:
-    """Rows of a user .csv/.jsonl file, with ids `<prefix>-<0-based data row>`."""
-    columns = (text_column, label_column)
+def check_data_file(path: Path) -> None:
+    """Fail at once, before any pass over the rows, on a missing file or one that is not .csv/.jsonl."""
     if not path.is_file():
         raise DataError(f"data file not found: {path}; set data.source / data.test_path in params.yaml")
-    if path.suffix.lower() == ".csv":
-        try:
-            table = pd.read_csv(path, dtype=str, keep_default_na=False)  # all str: labels stay "1", not 1
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-            raise DataError(f"{path}: cannot read as a UTF-8 CSV file with a header row: {e}") from e
-        _check_columns(path, "the header", list(table.columns), columns)
-        pairs = zip(table[text_column], table[label_column])
-        records = [(f"row {i + 2} (the header is row 1)", t, y) for i, (t, y) in enumerate(pairs)]
-    elif path.suffix.lower() == ".jsonl":
-        records = _jsonl_records(path, columns)
-    else:
+    if path.suffix.lower() not in (".csv", ".jsonl"):
         raise DataError(f"{path}: unknown file type '{path.suffix}'; use a .csv or .jsonl file")
-    if not records:
+
+
+def _table_rows(path: Path, records: Iterable[tuple[str, object, object]], prefix: str) -> Iterator[Row]:
+    """Each record checked and made a row as it is read; a file without any fails at its end."""
+    index = -1
+    for index, (where, text, label) in enumerate(records):
+        yield _table_row(path, where, index, prefix, text, label)
+    if index < 0:
         has = "only a header" if path.suffix.lower() == ".csv" else "no lines"
         raise DataError(f"{path}: no data rows (the file has {has}); add rows or point data.source / "
                         "data.test_path at another file")
-    return [_table_row(path, where, i, prefix, t, y) for i, (where, t, y) in enumerate(records)]
+
+
+def read_table(path: Path, text_column: str, label_column: str, prefix: str) -> Iterator[Row]:
+    """Rows of a user .csv/.jsonl file as they are read (a bad row fails when reached), with ids
+    `<prefix>-<0-based data row>`. A missing file or unknown type fails at once."""
+    check_data_file(path)
+    read = _csv_records if path.suffix.lower() == ".csv" else _jsonl_records
+    return _table_rows(path, read(path, (text_column, label_column)), prefix)
 
 
 def tracked_path(key: str, value: str, raw_dir: Path) -> Path:
@@ -291,34 +386,39 @@ def tracked_path(key: str, value: str, raw_dir: Path) -> Path:
     return path
 
 
-def load_source(params: DataParams, raw_dir: Path = RAW_DIR) -> tuple[list[Row], list[Row] | None, dict[str, str]]:
+def load_source(params: DataParams, raw_dir: Path = RAW_DIR) -> tuple[RowSource, RowSource | None, dict[str, str]]:
     """(train-source rows, test rows or None, sha256 per file read) for `data.source`."""
     bundled = {"drugreview": load_drugreview, "bbcnews": load_bbcnews}
     if params.source in bundled:
         if params.test_path is not None:
             raise DataError(f"data.test_path is only for your own file; set it to null for '{params.source}'")
-        return bundled[params.source]()
-    columns = (params.text_column, params.label_column)
+        train, test, hashes = bundled[params.source]()  # small fixed corpora: held as lists
+        return (lambda: train), (None if test is None else lambda: test), hashes
     files = {key: value for key, value in (("train", params.source), ("test", params.test_path)) if value}
     paths = {key: tracked_path("source" if key == "train" else "test_path", value, raw_dir)
              for key, value in files.items()}
-    rows = {key: read_table(path, *columns, key) for key, path in paths.items()}
+    for path in paths.values():
+        check_data_file(path)
+    sources = {key: functools.partial(read_table, path, params.text_column, params.label_column, key)
+               for key, path in paths.items()}
     # keyed by the path as written in params.yaml, so the lineage record doesn't depend on the checkout dir
-    return rows["train"], rows.get("test"), {files[key]: sha256_of([path]) for key, path in paths.items()}
+    return sources["train"], sources.get("test"), {files[key]: sha256_of([path]) for key, path in paths.items()}
 
 
 def run(params: DataParams, seed: int, out_dir: Path = ROOT / "data" / "prepare",
         metrics_path: Path = ROOT / "metrics" / "prepare.json", raw_dir: Path = RAW_DIR) -> dict:
     """Load, clean and split `data.source`; write the splits and metrics. Bad input writes nothing."""
-    rows, test, hashes = load_source(params, raw_dir)
-    print(f"prepare: read {len(rows)} source rows, {'no' if test is None else len(test)} test rows")
-    splits, dropped = make_splits(rows, test, params, seed)
-    labels = sorted({r["label"] for r in splits["train"]})
+    train_source, test_source, hashes = load_source(params, raw_dir)
+    train, test, names = encode_sources(train_source, test_source)  # first pass: validates every row
+    print(f"prepare: read {len(train.labels)} source rows, {'no' if test is None else len(test.labels)} test rows")
+    codes, dropped = make_splits(train, test, names, params, seed)
+    columns = [train] if test is None else [train, test]
+    counts = split_counts(columns, codes, len(names))
+    labels = [names[i] for i in np.flatnonzero(counts["train"])]
     with atomic_dir(out_dir) as tmp:
-        for name, split_rows in splits.items():
-            write_jsonl(tmp / f"{name}.jsonl", split_rows)
+        write_splits([c.source for c in columns], codes, tmp)  # second pass
         write_json(tmp / "labels.json", labels)
-    metrics = split_metrics(splits, labels, dropped) | {"source": params.source, "sha256": hashes}
+    metrics = split_metrics(counts, names, labels, dropped) | {"source": params.source, "sha256": hashes}
     write_json(metrics_path, metrics)
     print(f"prepare: wrote {metrics['totals']} rows of {len(labels)} labels to {out_dir}")
     print(f"prepare: dropped {metrics['dropped']}")

@@ -7,6 +7,10 @@ initialises each new embedding row to the mean of the old sub-token rows listed 
 tokenizer_meta.json. `scratch` wraps the SentencePiece model itself as an HF fast tokenizer
 with BERT's [CLS] x [SEP] template (the model then starts from random weights).
 
+The splits are streamed, never held: SentencePiece reads train through an iterator (a
+seeded sample of about SPM_MAX_BYTES of text when train is larger), extend mode counts only the
+words that could become tokens, and the length metrics tokenize LENGTH_BATCH texts at a time.
+
 Inputs:  data/prepare/train.jsonl, data/prepare/val.jsonl
 Outputs: models/tokenizer/ (HF tokenizer files, spm.model, spm.vocab, tokenizer_meta.json),
          metrics/tokenizer.json
@@ -17,12 +21,14 @@ Run:     python -m stages.tokenizer
 from __future__ import annotations
 
 import io
+import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Collection, Iterable, Iterator, Literal
 
+import numpy as np
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -36,6 +42,11 @@ SPECIALS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "s
             "mask_token": "[MASK]"}
 TYPICAL_MAX_LENGTH = 128  # metrics only: share of texts a 128-token model would truncate
 MIN_WORD_CHARS = 3  # shorter words are cheap to split and mostly already in the base vocab
+# SentencePiece holds its whole input: unigram needs ~23 bytes of memory per byte of text, BPE ~7
+# (sentencepiece 0.2 on bench/bigdata.py's corpus). A larger train split is sampled down to about
+# this much text, ~230 MiB for unigram: still millions of words, plenty for a few thousand pieces.
+SPM_MAX_BYTES = 10 * 2**20
+LENGTH_BATCH = 1000  # texts tokenized at a time for the length metrics
 
 
 @dataclass(frozen=True)
@@ -60,18 +71,46 @@ def load_model_name(path: Path = common.PARAMS_FILE) -> str:
     return name
 
 
-def train_spm(texts: list[str], params: TokenizerParams, lowercase: bool, seed: int) -> bytes:
-    """Train SentencePiece on `texts` in memory and return the model proto; ids 0-4 are BERT's specials."""
+@dataclass(frozen=True)
+class SplitTexts:
+    """The texts of a prepare-format split, read from its file again on every iteration: never all held."""
+
+    path: Path
+
+    def __iter__(self) -> Iterator[str]:
+        return (row["text"] for row in common.iter_rows(self.path))
+
+
+def sample(texts: Iterable[str], count: int, size: int, seed: int) -> Iterator[str]:
+    """`size` of the `count` texts, drawn with `seed` and kept in corpus order; all of them if there are no more."""
+    if count <= size:
+        return iter(texts)
+    chosen = np.zeros(count, bool)
+    chosen[np.random.default_rng(seed).choice(count, size, replace=False)] = True
+    return (text for text, keep in zip(texts, chosen) if keep)
+
+
+def train_spm(texts: Iterable[str], params: TokenizerParams, lowercase: bool, seed: int,
+              max_bytes: int = SPM_MAX_BYTES) -> bytes:
+    """Train SentencePiece on `texts` (iterated twice, streamed) and return the model proto; ids 0-4 are
+    BERT's specials. Texts of more than `max_bytes` in all are sampled down to about that much with `seed`."""
+    count = longest = total = 0
+    for text in texts:  # a first pass: the proto records the longest sentence allowed
+        nbytes = len(text.encode()) + 1
+        count, longest, total = count + 1, max(longest, nbytes), total + nbytes
+    used = count if total <= max_bytes else count * max_bytes // total
+    print(f"tokenizer: SentencePiece on {used} of {count} train texts ({total / 2**20:.1f} MiB)")
     spm.set_random_generator_seed(seed)
     model = io.BytesIO()  # in memory: a model_prefix path would be recorded in the proto
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=model, vocab_size=params.vocab_size,
+        sentence_iterator=sample(texts, count, used, seed), model_writer=model, vocab_size=params.vocab_size,
         model_type=params.model_type, hard_vocab_limit=False,  # a small corpus may not support vocab_size
         pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, pad_piece="[PAD]", unk_piece="[UNK]",
         control_symbols=["[CLS]", "[SEP]", "[MASK]"],  # reserved ids, never matched inside text by spm
         normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc",  # follow the base's casing
-        character_coverage=1.0, max_sentence_length=max(4192, *(len(t.encode()) + 1 for t in texts)),
-        input_sentence_size=0, shuffle_input_sentence=False, num_threads=1,  # all rows, one thread: deterministic
+        character_coverage=1.0, max_sentence_length=max(4192, longest),
+        # all rows given (`sample` did any sampling: spm's own shuffle ignores the seed), one thread: deterministic
+        input_sentence_size=0, shuffle_input_sentence=False, num_threads=1,
         minloglevel=2,
     )
     return model.getvalue()
@@ -92,21 +131,27 @@ def normalize(tok: Any, text: str) -> str:
     return normalizer.normalize_str(text) if normalizer is not None else text
 
 
-def word_counts(tok: Any, texts: list[str]) -> Counter[str]:
-    r"""Normalised word counts; `\w+` runs match where a single_word AddedToken can match."""
+def word_counts(tok: Any, texts: Iterable[str], only: Collection[str] | None = None) -> Counter[str]:
+    r"""Normalised word counts, text by text; `\w+` runs match where a single_word AddedToken can match.
+    Given `only`, other words are not counted, so the Counter stays as small as that set."""
     counts: Counter[str] = Counter()
     for text in texts:
-        counts.update(re.findall(r"\w+", normalize(tok, text)))
+        words = re.findall(r"\w+", normalize(tok, text))
+        counts.update(words if only is None else [w for w in words if w in only])
     return counts
+
+
+def piece_words(pieces: list[str], tok: Any) -> set[str]:
+    """The whole words among spm `pieces` (those with the word-start marker), normalised as `tok` does."""
+    return {normalize(tok, p[1:]) for p in pieces if p.startswith("▁")}
 
 
 def select_new_tokens(
     pieces: list[str], counts: Counter[str], tok: Any, max_new: int, min_freq: int
 ) -> dict[str, list[int]]:
     """Whole-word spm pieces the base splits into 2+ known sub-tokens, most frequent first -> their base ids."""
-    words = {normalize(tok, p[1:]) for p in pieces if p.startswith("▁")}
     candidates = {}
-    for word in words:
+    for word in piece_words(pieces, tok):
         if not (word.isalpha() and len(word) >= MIN_WORD_CHARS and counts[word] >= min_freq):
             continue
         ids = tok(word, add_special_tokens=False)["input_ids"]
@@ -152,29 +197,29 @@ def spm_to_hf(model_file: Path, model_max_length: int) -> PreTrainedTokenizerFas
     )
 
 
-def build(params: TokenizerParams, sp: Any, base: Any, train_texts: list[str], spm_file: Path) -> tuple[Any, dict]:
+def build(params: TokenizerParams, sp: Any, base: Any, train_texts: Iterable[str], spm_file: Path) -> tuple[Any, dict]:
     """The output tokenizer and its new tokens: `base` extended in place, or one made from `spm_file`."""
     if params.mode == "scratch":
         return spm_to_hf(spm_file, base.model_max_length), {}
     pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
-    counts = word_counts(base, train_texts)
+    counts = word_counts(base, train_texts, only=piece_words(pieces, base))  # no other word can be selected
     new_tokens = select_new_tokens(pieces, counts, base, params.max_new_tokens, params.min_frequency)
     return extend(base, new_tokens), new_tokens
 
 
-def length_stats(tok: Any, texts: list[str]) -> dict[str, float]:
+def length_stats(tok: Any, texts: Iterable[str]) -> dict[str, float]:
     """Mean tokens per text (with [CLS]/[SEP], untruncated) and the share a 128-token model would cut."""
-    lengths = [len(ids) for ids in tok(texts, add_special_tokens=True)["input_ids"]]
+    count = total = over = 0
+    batches = iter(texts)
+    while batch := list(itertools.islice(batches, LENGTH_BATCH)):  # a batch at a time: encodings are large
+        lengths = [len(ids) for ids in tok(batch, add_special_tokens=True)["input_ids"]]
+        count += len(lengths)
+        total += sum(lengths)
+        over += sum(n > TYPICAL_MAX_LENGTH for n in lengths)
     return {
-        "mean_tokens": round(sum(lengths) / len(lengths), 2),
-        f"share_over_{TYPICAL_MAX_LENGTH}": round(sum(n > TYPICAL_MAX_LENGTH for n in lengths) / len(lengths), 4),
+        "mean_tokens": round(total / count, 2),
+        f"share_over_{TYPICAL_MAX_LENGTH}": round(over / count, 4),
     }
-
-
-def read_texts(path: Path) -> list[str]:
-    rows = common.read_rows(path)
-    print(f"read {len(rows)} texts from {path}")
-    return [row["text"] for row in rows]
 
 
 def run(
@@ -187,7 +232,7 @@ def run(
     metrics_path: Path = common.ROOT / "metrics/tokenizer.json",
 ) -> dict[str, Any]:
     """Train SentencePiece on train, build the extended or scratch tokenizer, write it and its metrics."""
-    train_texts, val_texts = read_texts(train_path), read_texts(val_path)
+    train_texts, val_texts = SplitTexts(train_path), SplitTexts(val_path)
     base = AutoTokenizer.from_pretrained(common.resolve_model_name(model_name))
     before = length_stats(base, val_texts)
     lowercase = normalize(base, "A") == "a"  # spm case-folds iff the base does, so pieces match its words

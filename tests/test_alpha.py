@@ -52,3 +52,13 @@ def test_run_writes_alpha_and_metrics(tmp_path):
     assert saved["labels"] == ["a", "b"] and saved["alpha"] == pytest.approx([0.25, 0.75])
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["per_class"]["b"]["count"] == 1
+
+
+def test_run_reads_train_line_by_line_and_names_a_bad_row(tmp_path):
+    train = tmp_path / "train.jsonl"
+    common.write_jsonl(train, [{"id": "0", "text": "x", "label": "a"}, {"id": "1", "text": "y"}])
+    common.write_json(tmp_path / "labels.json", ["a"])
+    with pytest.raises(ValueError, match=r"train.jsonl row 2: missing key\(s\) \['label'\]"):
+        run(AlphaParams("inverse", 0.999), train, tmp_path / "labels.json", tmp_path / "alpha", tmp_path / "m.json")
+    assert not (tmp_path / "alpha").exists() and not (tmp_path / "m.json").exists()
+    assert class_counts(iter([{"label": "b"}, {"label": "a"}]), ["a", "b"]) == [1, 1]  # any iterable of rows

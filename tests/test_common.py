@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from stages import common
@@ -24,6 +26,21 @@ def test_read_rows_names_the_file_and_row_of_a_bad_row(tmp_path):
     common.write_text(path, "")
     with pytest.raises(ValueError, match="val.jsonl is empty"):
         common.read_rows(path)
+
+
+def test_iter_rows_streams_what_read_rows_returns_and_fails_the_same(tmp_path):
+    path = tmp_path / "val.jsonl"
+    rows = [{"id": "a", "text": "x", "label": "p"}, {"id": "b", "text": "y", "label": "q"}]
+    common.write_text(path, "".join(json.dumps(r) + "\n\n" for r in rows))  # blank lines are skipped
+    assert list(common.iter_rows(path)) == common.read_rows(path) == rows
+    common.write_jsonl(path, rows + [{"id": "c", "label": "p"}])
+    stream = common.iter_rows(path)
+    assert next(stream) == rows[0]  # a stream yields the good rows before it reaches the bad one
+    with pytest.raises(ValueError, match=r"val.jsonl row 3: missing key\(s\) \['text'\]"):
+        list(stream)
+    common.write_text(path, "")
+    with pytest.raises(ValueError, match="val.jsonl is empty"):
+        list(common.iter_rows(path))
 
 
 def test_parse_params_names_unknown_and_mistyped_keys():

@@ -6,16 +6,20 @@ import hashlib
 import json
 from collections import Counter
 
+import numpy as np
 import pytest
 
+from stages import prepare
 from stages.common import PARAMS_FILE, ParamsError, parse_params, read_jsonl, read_params
 from stages.prepare import (
+    SPLITS,
     DataError,
     DataParams,
     check_classes,
-    clean_rows,
     clean_text,
+    dedupe,
     drop_leaks,
+    encode_sources,
     load_bbcnews,
     load_drugreview,
     load_source,
@@ -23,6 +27,7 @@ from stages.prepare import (
     read_table,
     run,
     stratified_split,
+    text_hash,
 )
 
 
@@ -50,6 +55,34 @@ def write_lines(path, lines):
     return path
 
 
+def encoded(rows, test=None):
+    """`rows` (and `test`) as prepare's first pass encodes them: (train columns, test columns, label names)."""
+    return encode_sources(lambda: rows, None if test is None else lambda: test)
+
+
+def split_rows(rows, test, params, seed):
+    """make_splits on row lists, its split codes turned back into {split: rows} as the second pass writes them."""
+    codes, dropped = make_splits(*encoded(rows, test), params, seed)
+    splits = {name: [] for name in SPLITS}
+    for source, code in zip([rows, test], codes):
+        for row, split in zip(source, code):
+            if split >= 0:
+                splits[SPLITS[split]].append(row)
+    return splits, dropped
+
+
+def stratified_rows(rows, fraction, seed, what):
+    """stratified_split's positions as (rest, held) row lists."""
+    columns, _, names = encoded(rows)
+    rest, held = stratified_split(columns.labels, fraction, seed, what, names)
+    return [rows[i] for i in rest], [rows[i] for i in held]
+
+
+def check_row_classes(train, test, min_count):
+    train_columns, test_columns, names = encoded(train, test)
+    check_classes(train_columns.labels, test_columns, np.arange(len(test)), names, min_count)
+
+
 # ---- cleaning, dedupe, leaks -------------------------------------------------------------
 
 
@@ -58,7 +91,7 @@ def test_clean_text_unescapes_html_and_collapses_whitespace():
     assert clean_text(" &nbsp; \n") == ""
 
 
-def test_clean_rows_drops_empty_duplicates_and_conflicts_keeping_first():
+def test_dedupe_drops_empty_duplicates_and_conflicts_keeping_first():
     rows = [
         {"id": "a", "text": "Good  drug", "label": "pos"},
         {"id": "b", "text": "   ", "label": "pos"},
@@ -66,17 +99,19 @@ def test_clean_rows_drops_empty_duplicates_and_conflicts_keeping_first():
         {"id": "d", "text": "Good drug ", "label": "neg"},  # same text, other label: a conflict
         {"id": "e", "text": "Bad drug", "label": "neg"},
     ]
-    kept, dropped = clean_rows(rows)
-    assert [(r["id"], r["text"], r["label"]) for r in kept] == [
-        ("a", "Good drug", "pos"), ("e", "Bad drug", "neg")]
+    columns, _, names = encoded(rows)
+    keep, dropped = dedupe(columns)
+    assert [(rows[i]["id"], names[columns.labels[i]]) for i in np.flatnonzero(keep)] == [("a", "pos"), ("e", "neg")]
+    assert columns.hashes[0] == text_hash("Good drug")  # rows are compared by their cleaned text
     assert dropped == Counter(empty=1, duplicates=1, label_conflicts=1)
 
 
 def test_drop_leaks_removes_train_rows_whose_text_is_in_test():
     train = rows_of(["a", "b", "a"])
     test = [{"id": "test-000000", "text": "text number 1", "label": "a"}]
-    kept, leaks = drop_leaks(train, test)
-    assert [r["id"] for r in kept] == ["train-000000", "train-000002"]
+    train_columns, test_columns, _ = encoded(train, test)
+    kept, leaks = drop_leaks(np.ones(3, bool), train_columns.hashes, test_columns.hashes)
+    assert [train[i]["id"] for i in np.flatnonzero(kept)] == ["train-000000", "train-000002"]
     assert leaks == 1
 
 
@@ -85,11 +120,17 @@ def test_make_splits_with_test_file_drops_leaks_from_train_only():
     test = [{"id": "test-000000", "text": "text number 3", "label": "b"},
             {"id": "test-000001", "text": "text number 3", "label": "b"},
             {"id": "test-000002", "text": "", "label": "a"}]
-    splits, dropped = make_splits(train, test, data_params(source="x.csv"), seed=0)
+    splits, dropped = split_rows(train, test, data_params(source="x.csv"), seed=0)
     assert [r["id"] for r in splits["test"]] == ["test-000000"]
     assert "train-000003" not in {r["id"] for r in splits["train"] + splits["val"]}
     assert len(splits["train"]) + len(splits["val"]) == 39
     assert dropped == Counter(cross_split_leaks=1, duplicates=1, empty=1)
+
+
+def test_label_ids_follow_sorted_names_whatever_order_rows_come_in():
+    train, test, names = encoded(rows_of(["b", "c", "b"]), rows_of(["a"], prefix="test"))
+    assert names == ["a", "b", "c"]  # sklearn orders classes this way: the splits match string labels'
+    assert train.labels.tolist() == [1, 2, 1] and test.labels.tolist() == [0]
 
 
 # ---- stratified splits -------------------------------------------------------------------
@@ -97,7 +138,7 @@ def test_make_splits_with_test_file_drops_leaks_from_train_only():
 
 def test_stratified_split_keeps_class_proportions_and_source_order():
     rows = rows_of(["a"] * 100 + ["b"] * 50)
-    rest, held = stratified_split(rows, 0.2, seed=1, what="test")
+    rest, held = stratified_rows(rows, 0.2, seed=1, what="test")
     assert Counter(r["label"] for r in held) == {"a": 20, "b": 10}
     assert Counter(r["label"] for r in rest) == {"a": 80, "b": 40}
     assert sorted(r["id"] for r in rest + held) == [r["id"] for r in rows]
@@ -106,7 +147,7 @@ def test_stratified_split_keeps_class_proportions_and_source_order():
 
 def test_stratified_split_is_deterministic_per_seed():
     rows = rows_of(["a", "b", "c"] * 30)
-    ids = lambda seed: [r["id"] for r in stratified_split(rows, 0.3, seed, "test")[1]]  # noqa: E731
+    ids = lambda seed: [r["id"] for r in stratified_rows(rows, 0.3, seed, "test")[1]]  # noqa: E731
     assert ids(7) == ids(7)
     assert ids(7) != ids(8)
 
@@ -114,7 +155,7 @@ def test_stratified_split_is_deterministic_per_seed():
 def test_make_splits_without_test_file_gives_disjoint_stratified_splits():
     rows = rows_of(["a"] * 60 + ["b"] * 40) + rows_of(["a"], prefix="dup")  # "dup" repeats text 0
     params = data_params(source="x.csv", test_fraction=0.2, val_fraction=0.25)
-    splits, dropped = make_splits(rows, None, params, seed=3)
+    splits, dropped = split_rows(rows, None, params, seed=3)
     texts = {name: {r["text"] for r in split} for name, split in splits.items()}
     assert not texts["train"] & texts["val"] and not texts["train"] & texts["test"]
     assert not texts["val"] & texts["test"]
@@ -125,7 +166,7 @@ def test_make_splits_without_test_file_gives_disjoint_stratified_splits():
 
 def test_stratified_split_too_small_class_names_counts():
     with pytest.raises(DataError, match=r"validation split.*'b': 1"):
-        stratified_split(rows_of(["a"] * 10 + ["b"]), 0.2, seed=0, what="validation")
+        stratified_rows(rows_of(["a"] * 10 + ["b"]), 0.2, seed=0, what="validation")
 
 
 # ---- input validation --------------------------------------------------------------------
@@ -158,7 +199,7 @@ def test_unknown_extension_is_rejected(tmp_path):
 def test_csv_missing_column_names_file_column_and_existing_columns(tmp_path):
     path = write_csv(tmp_path / "reviews.csv", ["review", "label"], [["ok", "pos"]])
     with pytest.raises(DataError) as err:
-        read_table(path, "text", "label", "train")
+        list(read_table(path, "text", "label", "train"))
     message = str(err.value)
     assert "reviews.csv" in message and "'text'" in message and "['review', 'label']" in message
     assert "data.text_column" in message
@@ -168,48 +209,48 @@ def test_jsonl_missing_column_names_line(tmp_path):
     path = write_lines(tmp_path / "d.jsonl", ['{"text": "a", "label": "x"}', '{"text": "b", "y": "x"}'])
     message = r"d.jsonl: line 2 has no column 'label'; columns found: \['text', 'y'\]"
     with pytest.raises(DataError, match=message):
-        read_table(path, "text", "label", "train")
+        list(read_table(path, "text", "label", "train"))
 
 
 def test_read_table_strips_labels_and_ids_rows_by_position(tmp_path):
     lines = ['{"text": "a", "label": " pos "}', "", '{"text": null, "label": "neg"}']
     path = write_lines(tmp_path / "d.jsonl", lines)
-    assert read_table(path, "text", "label", "test") == [
+    assert list(read_table(path, "text", "label", "test")) == [
         {"id": "test-000000", "text": "a", "label": "pos"}, {"id": "test-000001", "text": "", "label": "neg"}]
 
 
 def test_csv_empty_label_names_row(tmp_path):
     path = write_csv(tmp_path / "d.csv", ["text", "label"], [["a", "x"], ["b", "x"], ["c", " "]])
     with pytest.raises(DataError, match=r"d.csv: row 4 \(the header is row 1\): label"):
-        read_table(path, "text", "label", "train")
+        list(read_table(path, "text", "label", "train"))
 
 
 def test_jsonl_non_string_label_names_line(tmp_path):
     path = write_lines(tmp_path / "d.jsonl", ['{"text": "a", "label": "x"}', "", '{"text": "b", "label": 1}'])
     with pytest.raises(DataError, match=r"d.jsonl: line 3: label 1 must be a non-empty string"):
-        read_table(path, "text", "label", "train")
+        list(read_table(path, "text", "label", "train"))
 
 
 def test_jsonl_unparseable_line_names_line(tmp_path):
     path = write_lines(tmp_path / "d.jsonl", ['{"text": "a", "label": "x"}', '{"text": "b", "label": '])
     with pytest.raises(DataError, match=r"d.jsonl: line 2 is not valid JSON"):
-        read_table(path, "text", "label", "train")
+        list(read_table(path, "text", "label", "train"))
 
 
 def test_fewer_than_two_classes_is_rejected():
     with pytest.raises(DataError, match=r"at least 2 classes.*\['a'\]"):
-        check_classes(rows_of(["a"] * 5), [], min_count=2)
+        check_row_classes(rows_of(["a"] * 5), [], min_count=2)
 
 
 def test_rare_class_error_names_class_and_count():
     with pytest.raises(DataError, match=r"min_class_count=4.*'b' \(3 rows\)"):
-        check_classes(rows_of(["a"] * 10 + ["b"] * 3), [], min_count=4)
+        check_row_classes(rows_of(["a"] * 10 + ["b"] * 3), [], min_count=4)
 
 
 def test_test_label_unseen_in_train_is_rejected():
     test = rows_of(["a", "c"], prefix="test")
     with pytest.raises(DataError, match=r"\['c'\] never occur in train.*test-000001"):
-        check_classes(rows_of(["a", "b"] * 3), test, min_count=2)
+        check_row_classes(rows_of(["a", "b"] * 3), test, min_count=2)
 
 
 def test_test_path_with_bundled_source_is_rejected():
@@ -262,6 +303,28 @@ def test_run_on_jsonl_with_test_file_keeps_test_and_drops_leaks(tmp_path):
     assert set(metrics["sha256"]) == {str(train_path), str(test_path)}
 
 
+def test_csv_is_read_in_chunks_numbering_rows_across_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare, "CHUNK_ROWS", 2)
+    rows = [[f"t{i}", "x"] for i in range(5)]
+    path = write_csv(tmp_path / "d.csv", ["text", "label"], rows)
+    assert [r["id"] for r in read_table(path, "text", "label", "train")] == [f"train-{i:06d}" for i in range(5)]
+    write_csv(path, ["text", "label"], rows[:4] + [["t4", " "]])
+    with pytest.raises(DataError, match=r"d.csv: row 6 \(the header is row 1\): label"):
+        list(read_table(path, "text", "label", "train"))
+
+
+def test_outputs_do_not_depend_on_the_chunk_size(tmp_path, monkeypatch):
+    rows = [[f"review {i % 50} &amp; more", "abc"[i % 3]] for i in range(90)]  # 40 repeats
+    path = write_csv(tmp_path / "mine.csv", ["text", "label"], rows)
+    outputs = []
+    for chunk_rows in (prepare.CHUNK_ROWS, 7):
+        monkeypatch.setattr(prepare, "CHUNK_ROWS", chunk_rows)
+        out = tmp_path / f"chunks{chunk_rows}"
+        run(data_params(source=str(path)), 42, out / "prepare", out / "prepare.json", raw_dir=tmp_path)
+        outputs.append({p.name: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()})
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 5
+
+
 # ---- bundled sources (local package data, fast) ------------------------------------------
 
 
@@ -288,7 +351,7 @@ def test_class_too_small_after_dropping_rows_says_what_was_dropped():
     rows = rows_of(labels)
     rows[21]["text"], rows[22]["text"], rows[23]["text"] = rows[20]["text"], rows[20]["text"], "   "
     with pytest.raises(DataError, match=r"Before splitting, 3 rows were dropped: 2 duplicates, 1 empty; 'b' lost 3"):
-        make_splits(rows, None, data_params(source="x.csv"), seed=0)
+        split_rows(rows, None, data_params(source="x.csv"), seed=0)
 
 
 @pytest.mark.parametrize(("name", "content"), [("h.csv", "text,label\n"), ("e.jsonl", "")])

@@ -156,3 +156,37 @@ def test_failed_run_leaves_no_output(base_dir: Path, tmp_path: Path) -> None:
         stage.run(PARAMS, str(base_dir), 42, tmp_path / "data/train.jsonl", tmp_path / "data/val.jsonl",
                   tmp_path / "tok", tmp_path / "m.json")
     assert not (tmp_path / "tok").exists() and not (tmp_path / "m.json").exists()
+
+
+def test_sample_draws_a_seeded_subset_in_corpus_order() -> None:
+    texts = [f"t{i:03d}" for i in range(200)]
+    drawn = list(stage.sample(texts, 200, 20, seed=1))
+    assert len(drawn) == 20 and drawn == sorted(drawn) and set(drawn) <= set(texts)
+    assert drawn == list(stage.sample(texts, 200, 20, seed=1)) != list(stage.sample(texts, 200, 20, seed=2))
+    assert list(stage.sample(texts, 200, 200, seed=1)) == texts  # within the budget: every text, as given
+
+
+def test_train_split_over_the_byte_budget_is_sampled_for_sentencepiece() -> None:
+    full = stage.train_spm(TRAIN, PARAMS, True, 42)
+    assert stage.train_spm(TRAIN, PARAMS, True, 42, max_bytes=10**6) == full
+    sampled = stage.train_spm(TRAIN, PARAMS, True, 42, max_bytes=300)
+    assert sampled != full and sampled == stage.train_spm(TRAIN, PARAMS, True, 42, max_bytes=300)
+
+
+def test_a_streamed_split_file_trains_the_same_model_as_a_list(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    common.write_jsonl(path, [{"id": str(i), "text": t, "label": "a"} for i, t in enumerate(TRAIN)])
+    assert list(stage.SplitTexts(path)) == TRAIN
+    assert stage.train_spm(stage.SplitTexts(path), PARAMS, True, 42) == stage.train_spm(TRAIN, PARAMS, True, 42)
+
+
+def test_word_counts_limited_to_candidates_count_them_the_same(base) -> None:
+    full = stage.word_counts(base, TRAIN)
+    only = stage.word_counts(base, TRAIN, only={"insomnia", "nausea"})
+    assert only == {"insomnia": full["insomnia"], "nausea": full["nausea"]} == {"insomnia": 9, "nausea": 7}
+
+
+def test_length_stats_do_not_depend_on_the_batch_size(base, monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = stage.length_stats(base, TRAIN + VAL)
+    monkeypatch.setattr(stage, "LENGTH_BATCH", 3)
+    assert stage.length_stats(base, iter(TRAIN + VAL)) == whole
