@@ -398,6 +398,12 @@ def main() -> None:
     model_params = common.load_section(ModelParams, "model")
     common.check_tracked_model(model_params.name, "model.name")
     train_params = common.load_section(TrainParams, "train")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and world != train_params.nproc:
+        raise common.ParamsError(
+            f"launched with {world} processes but train.nproc is {train_params.nproc}: the global batch would "
+            f"change with the launch; set train.nproc: {world} and run `python -m stages.train` (or `dvc repro`), "
+            "which starts torchrun itself")
     if train_params.nproc > 1 and "LOCAL_RANK" not in os.environ:  # not yet under torchrun
         code = launch_distributed(train_params)
         if code:

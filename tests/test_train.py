@@ -379,3 +379,18 @@ def test_two_gloo_processes_write_one_set_of_outputs_matching_one_process(tmp_pa
     w1, w2 = (load_file(r / "models/train/model.safetensors") for r in (runs[1], two))
     for name in w1:
         torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-5)
+
+
+def test_a_torchrun_launch_that_disagrees_with_nproc_fails_before_training(tiny_root):
+    """`torchrun --nproc_per_node=2 -m stages.train` with train.nproc: 1 would double the global batch."""
+    import os
+    import subprocess
+    import sys
+
+    root = _stage_root(tiny_root, nproc=1)
+    env = {**os.environ, "PIPELINE_ROOT": str(root), "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
+    done = subprocess.run([sys.executable, "-m", "stages.train"], cwd=common.ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode != 0
+    assert "launched with 2 processes but train.nproc is 1" in done.stderr
+    assert not (root / "models/train").exists()
