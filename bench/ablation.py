@@ -7,7 +7,7 @@ train times their `log` stage sent to MLflow, and prints mean +- std over seeds,
 the majority-class and TF-IDF + logistic-regression references (fitted on the same splits).
 
     python bench/ablation.py queue [--seeds 42 43 44] [--rows final] && dvc queue start -j 1
-    python bench/ablation.py report [--rev <baseline commit>]  # table -> stdout, figure -> plots/ablation/
+    python bench/ablation.py report [--rev <baseline commit> ...]  # table -> stdout, figure -> plots/ablation/
 """
 
 from __future__ import annotations
@@ -141,8 +141,9 @@ def figure(found: dict[str, list[Run]], refs, path: Path) -> None:
     save_png(fig, path)
 
 
-def report(rev: str | None) -> str:
-    runs = runs_from_exp_show(exp_show(ROOT, rev), dedupe=False)
+def report(revs: list[str]) -> str:
+    """Table of the `abl-*` experiments of the baseline commits `revs` (default HEAD)."""
+    runs = [run for rev in revs or [None] for run in runs_from_exp_show(exp_show(ROOT, rev), dedupe=False)]
     found: dict[str, list[Run]] = {}
     for run in runs:
         if run.name.startswith("abl-"):
@@ -160,7 +161,7 @@ def main() -> None:
     q.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     q.add_argument("--rows", nargs="+", help="only these rows (default: all)", choices=[n for n, _, _ in rows()])
     r = sub.add_parser("report", help="table (stdout) and figure of the finished rows")
-    r.add_argument("--rev", default=None, help="baseline commit of the experiments (default: HEAD)")
+    r.add_argument("--rev", nargs="+", default=[], help="baseline commit(s) of the experiments (default: HEAD)")
     args = parser.parse_args()
     if args.command == "queue":
         queue(args.seeds, args.rows)

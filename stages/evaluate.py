@@ -128,6 +128,18 @@ def classification_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str], 
     }
 
 
+def biased_argmax(probs: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Class ids of argmax(log p + bias): plain argmax when bias is 0."""
+    return (np.log(np.clip(probs, 1e-12, None)) + bias).argmax(axis=1)
+
+
+def macro_f1_with_bias(probs: np.ndarray, y: np.ndarray, bias: np.ndarray) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y, biased_argmax(probs, bias), labels=list(range(len(bias))), average="macro",
+                          zero_division=0))
+
+
 def tune_bias(probs: np.ndarray, y: np.ndarray, n_labels: int, half_width: float, step: float = 0.1) -> np.ndarray:
     """Per-class biases b for argmax(log p + b) that maximise macro-F1 on (probs, y).
 
@@ -135,23 +147,16 @@ def tune_bias(probs: np.ndarray, y: np.ndarray, n_labels: int, half_width: float
     (class 0 stays 0: a shared shift changes no argmax), until a full pass changes nothing.
     Ties keep the bias nearest 0, so b = 0 (plain argmax) wins unless something beats it.
     """
-    from sklearn.metrics import f1_score
-
-    log_p = np.log(np.clip(probs, 1e-12, None))
     grid = sorted(np.round(np.arange(-half_width, half_width + step / 2, step), 6), key=abs)
     bias = np.zeros(n_labels)
-
-    def score(b: np.ndarray) -> float:
-        return f1_score(y, (log_p + b).argmax(axis=1), labels=list(range(n_labels)), average="macro", zero_division=0)
-
-    best, changed = score(bias), True
+    best, changed = macro_f1_with_bias(probs, y, bias), True
     while changed and half_width > 0:
         changed = False
         for c in range(1, n_labels):
             for value in grid:
                 trial = bias.copy()
                 trial[c] = value
-                if (s := score(trial)) > best + 1e-12:
+                if (s := macro_f1_with_bias(probs, y, trial)) > best + 1e-12:
                     best, bias, changed = s, trial, True
     return bias
 
@@ -162,20 +167,14 @@ def bias_tuned_metrics(val_probs: np.ndarray, val_y: np.ndarray, probs: np.ndarr
     from sklearn.metrics import f1_score
 
     bias = tune_bias(val_probs, val_y, len(labels), half_width)
-    classes = list(range(len(labels)))
-
-    def macro_f1(p: np.ndarray, truth: np.ndarray, b: np.ndarray) -> float:
-        return float(f1_score(truth, (np.log(np.clip(p, 1e-12, None)) + b).argmax(axis=1), labels=classes,
-                              average="macro", zero_division=0))
-
-    pred = (np.log(np.clip(probs, 1e-12, None)) + bias).argmax(axis=1)
-    per_class = f1_score(y, pred, labels=classes, average=None, zero_division=0)
+    pred = biased_argmax(probs, bias)
+    per_class = f1_score(y, pred, labels=list(range(len(labels))), average=None, zero_division=0)
     return {
         "bias": {label: float(b) for label, b in zip(labels, bias)},
-        "val_macro_f1_argmax": macro_f1(val_probs, val_y, np.zeros(len(labels))),
-        "val_macro_f1": macro_f1(val_probs, val_y, bias),
+        "val_macro_f1_argmax": macro_f1_with_bias(val_probs, val_y, np.zeros(len(labels))),
+        "val_macro_f1": macro_f1_with_bias(val_probs, val_y, bias),
         "accuracy": float((pred == y).mean()),
-        "macro_f1": macro_f1(probs, y, bias),
+        "macro_f1": macro_f1_with_bias(probs, y, bias),
         "per_class_f1": {label: float(f) for label, f in zip(labels, per_class)},
     }
 
