@@ -36,7 +36,7 @@ from tools.grid import cell  # noqa: E402
 
 WORK = ROOT / ".cache/choose"
 SPLIT_STAGES = ("prepare", "augment")  # depend on seed and data only: shared by every candidate
-RUN_STAGES = ("tokenizer", "alpha", "train")  # never evaluate: test is not looked at
+RUN_STAGES = ("tokenizer", "pretrain", "alpha", "train")  # never evaluate: test is not looked at
 
 
 def with_overrides(params: dict, overrides: dict[str, object]) -> dict:

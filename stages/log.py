@@ -33,7 +33,8 @@ from stages.common import ROOT, RUNTIME_DIR, load_section, read_json, read_param
 EXPERIMENT_KIND = "mlflow.experimentKind"
 # The files dvc.yaml lists as the log stage's deps, with the stage that writes each.
 REQUIRED = {
-    "metrics/prepare.json": "prepare", "metrics/tokenizer.json": "tokenizer", "metrics/augment.json": "augment",
+    "metrics/prepare.json": "prepare", "metrics/tokenizer.json": "tokenizer", "metrics/pretrain.json": "pretrain",
+    "metrics/augment.json": "augment",
     "metrics/alpha.json": "alpha", "metrics/train.json": "train", "metrics/evaluate.json": "evaluate",
     "plots/train/history.json": "train", "plots/evaluate/predictions.csv": "evaluate",
     "models/train/pipeline.json": "train",
@@ -182,7 +183,7 @@ def _log_run(params: LogParams, root: Path, tracking_uri: str) -> str:
     full = read_params(root / "params.yaml")
     pipeline, history = read_json(root / "models/train/pipeline.json"), read_json(root / "plots/train/history.json")
     stage_metrics = {stage: read_json(root / f"metrics/{stage}.json")
-                     for stage in ("prepare", "tokenizer", "augment", "alpha", "train")}
+                     for stage in ("prepare", "tokenizer", "pretrain", "augment", "alpha", "train")}
     test = read_json(root / "metrics/evaluate.json")
     metrics = numeric_metrics({"test": test, **stage_metrics})
     runtime_metrics, runtime_tags = runtime_facts(root)

@@ -15,7 +15,7 @@ pass, so the same params give the same optimisation at any nproc and the LR need
 scaling. Only rank 0 writes outputs.
 
 Inputs:  data/augment/train.jsonl, data/prepare/{val.jsonl,labels.json},
-         data/alpha/alpha.json, models/tokenizer/
+         data/alpha/alpha.json, models/tokenizer/, models/pretrain/ (its encoder, when that stage ran)
 Outputs: models/train/ (model, tokenizer, pipeline.json), metrics/train.json,
          plots/train/history.{json,png}; .cache/runtime/train.json (device, wall time: MLflow only)
 Params:  seed, model, loss, train
@@ -39,7 +39,6 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import (
-    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
@@ -49,18 +48,9 @@ from transformers import (
 )
 
 from stages import common
+from stages.encoder import ModelParams, load_encoder
 from stages.focal_loss import LossParams, focal_loss
 from stages.swa import VAL_LOSS, SWACallback, SwaParams, build_lr_scheduler, evaluate_best_and_swa
-
-
-@dataclass(frozen=True)
-class ModelParams:
-    name: str
-    max_length: Annotated[int, common.Range(8, why="[CLS] ... [SEP] around a few tokens of text")]
-    truncation: Literal["head", "head_tail"]  # what a text longer than max_length keeps (common.tokenize)
-
-    def __post_init__(self) -> None:
-        common.check_ranges(self, "model")
 
 
 @dataclass(frozen=True)
@@ -89,34 +79,31 @@ class TrainParams:
                 "or SWA would never average anything; or set train.swa.enabled: false")
 
 
-def build_model(tokenizer, meta: dict, model_params: ModelParams, labels: list[str], seed: int):
-    """Base model with a fresh head; embeddings resized (extend) or all weights random (scratch)."""
-    source = common.resolve_model_name(model_params.name)
+def build_model(tokenizer, meta: dict, model_params: ModelParams, labels: list[str], seed: int,
+                pretrained: Path | None = None):
+    """A fresh classification head on the pretrain stage's encoder when it ran (`pretrained`), else on
+    the base model fitted to the tokenizer (`encoder.load_encoder`)."""
     label_kwargs = {
         "num_labels": len(labels),
         "id2label": dict(enumerate(labels)),
         "label2id": {lab: i for i, lab in enumerate(labels)},
     }
-    torch.manual_seed(seed)  # the new head (and every weight in scratch mode) is random
-    if meta["mode"] == "scratch":
-        config = AutoConfig.from_pretrained(source, **label_kwargs)
-        config.vocab_size = len(tokenizer)
-        config.pad_token_id = tokenizer.pad_token_id
-        return AutoModelForSequenceClassification.from_config(config)
-    # safetensors only (a pickled .bin could run code on load); remote code is never trusted
-    model = AutoModelForSequenceClassification.from_pretrained(source, use_safetensors=True, **label_kwargs)
-    if meta["new_tokens"]:
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # rows set just below
-        init_new_token_embeddings(model, tokenizer, meta["new_tokens"])
-    return model
+    if pretrained is None:
+        source = common.resolve_model_name(model_params.name)
+        return load_encoder(AutoModelForSequenceClassification, source, tokenizer, meta, seed, **label_kwargs)
+    torch.manual_seed(seed)  # the new head is random
+    return AutoModelForSequenceClassification.from_pretrained(pretrained, use_safetensors=True, **label_kwargs)
 
 
-def init_new_token_embeddings(model, tokenizer, new_tokens: dict[str, list[int]]) -> None:
-    """Each added token's embedding row starts as the mean of the rows it used to split into."""
-    weight = model.get_input_embeddings().weight
-    with torch.no_grad():
-        for token, sub_ids in new_tokens.items():
-            weight[tokenizer.convert_tokens_to_ids(token)] = weight[sub_ids].mean(dim=0)
+def pretrained_encoder(path: Path, model_name: str, tokenizer) -> Path | None:
+    """models/pretrain when the pretrain stage trained an encoder there, else None; a stale one fails."""
+    meta = common.read_json(path / "pretrain_meta.json")
+    if not meta["enabled"]:
+        return None
+    if meta["base_model"] != model_name or meta["vocab_size"] != len(tokenizer):
+        raise ValueError(f"{path} was pretrained from {meta['base_model']!r} with {meta['vocab_size']} tokens, not "
+                         f"model.name={model_name!r} with {len(tokenizer)}: re-run the pipeline (`dvc repro`).")
+    return path
 
 
 class FocalTrainer(Trainer):
@@ -315,7 +302,10 @@ def run(
     train_ds = encode(common.read_rows(root / "data/augment/train.jsonl"), tokenizer, label2id, model_params)
     val_ds = encode(common.read_rows(root / "data/prepare/val.jsonl"), tokenizer, label2id, model_params)
     print(f"train {len(train_ds)} rows, val {len(val_ds)} rows, {len(labels)} classes, vocab {len(tokenizer)}")
-    model = build_model(tokenizer, meta, model_params, labels, seed)
+    pretrained = pretrained_encoder(root / "models/pretrain", model_params.name, tokenizer)
+    if pretrained is not None:
+        print(f"train: starting from the encoder of the pretrain stage ({pretrained})")
+    model = build_model(tokenizer, meta, model_params, labels, seed, pretrained)
     swa_cb = SWACallback(train_params.swa.start_epoch) if train_params.swa.enabled else None
     early = EarlyStoppingCallback(early_stopping_patience=train_params.early_stopping_patience)
     start = time.perf_counter()

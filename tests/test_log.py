@@ -78,7 +78,7 @@ def make_root(root):
     """The files the log stage reads, as the upstream stages would leave them."""
     write_text(root / "params.yaml", yaml.safe_dump(PARAMS))
     write_text(root / "dvc.lock", "schema: '2.0'\nstages: {}\n")
-    for stage in ("prepare", "tokenizer", "augment", "alpha"):
+    for stage in ("prepare", "tokenizer", "pretrain", "augment", "alpha"):
         write_json(root / f"metrics/{stage}.json", {"n_rows": 10, "note": "text is skipped"})
     write_json(root / "metrics/train.json", {"best_epoch": 2, "kept": "best", "best_val_loss": 0.6})
     write_json(root / "metrics/evaluate.json", TEST_METRICS)

@@ -14,14 +14,17 @@ import yaml
 from stages.alpha import AlphaParams
 from stages.augment import AugmentParams
 from stages.common import PARAMS_FILE, ParamsError, load_seed, parse_params, read_params
+from stages.encoder import ModelParams
 from stages.evaluate import EvaluateParams
 from stages.focal_loss import LossParams
 from stages.log import LogParams
 from stages.prepare import DataParams
+from stages.pretrain import PretrainParams
 from stages.tokenizer import TokenizerParams
-from stages.train import ModelParams, TrainParams
+from stages.train import TrainParams
 
-SECTIONS = {"data": DataParams, "model": ModelParams, "tokenizer": TokenizerParams, "augment": AugmentParams,
+SECTIONS = {"data": DataParams, "model": ModelParams, "tokenizer": TokenizerParams, "pretrain": PretrainParams,
+            "augment": AugmentParams,
             "alpha": AlphaParams, "loss": LossParams, "train": TrainParams, "evaluate": EvaluateParams,
             "log": LogParams}
 PARAMS = read_params(PARAMS_FILE)
@@ -44,6 +47,14 @@ BAD = {
     "tokenizer.model_type": ("wordpiece", r"tokenizer.model_type: 'wordpiece' is not one of"),
     "tokenizer.max_new_tokens": (-1, r"tokenizer.max_new_tokens: -1 is out of range, allowed >= 0"),
     "tokenizer.min_frequency": (0, r"tokenizer.min_frequency: 0 is out of range, allowed >= 1"),
+    "pretrain.enabled": (0, r"pretrain.enabled: expected bool, got 0"),
+    "pretrain.epochs": (0, r"pretrain.epochs: 0 is out of range, allowed >= 1"),
+    "pretrain.batch_size": (0, r"pretrain.batch_size: 0 is out of range, allowed >= 1"),
+    "pretrain.learning_rate": (-1e-4, r"pretrain.learning_rate: -0.0001 is out of range, allowed > 0"),
+    "pretrain.weight_decay": (-0.1, r"pretrain.weight_decay: -0.1 is out of range, allowed >= 0"),
+    "pretrain.warmup_ratio": (1.0, r"pretrain.warmup_ratio: 1.0 is out of range, allowed \[0, 1\)"),
+    "pretrain.mask_probability": (0.0, r"pretrain.mask_probability: 0.0 is out of range, allowed \(0, 1\)"),
+    "pretrain.device": ("tpu", r"pretrain.device: 'tpu' is not one of \['auto', 'cpu', 'cuda'\]"),
     "augment.enabled": ("yes", r"augment.enabled: expected bool, got 'yes'"),
     "augment.backend": ("google", r"augment.backend: 'google' is not one of"),
     "augment.from_model": (1, r"augment.from_model: expected str, got 1"),

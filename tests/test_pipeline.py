@@ -29,10 +29,10 @@ from stages import common
 REPO = Path(__file__).resolve().parent.parent
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
-STAGES = ["prepare", "tokenizer", "augment", "alpha", "train", "evaluate", "log"]
+STAGES = ["prepare", "tokenizer", "pretrain", "augment", "alpha", "train", "evaluate", "log"]
 
 
-def test_dvc_yaml_has_the_seven_stages_in_order_run_as_modules():
+def test_dvc_yaml_has_the_eight_stages_in_order_run_as_modules():
     assert list(DVC["stages"]) == STAGES
     for name, stage in DVC["stages"].items():
         assert stage["cmd"] == f"python -m stages.{name}"
@@ -56,7 +56,7 @@ def test_metrics_files_follow_stage_names():
 def test_every_params_section_parses_with_its_stage_dataclass():
     for module_name, section in [
         ("prepare", "data"), ("tokenizer", "tokenizer"), ("augment", "augment"), ("alpha", "alpha"),
-        ("train", "train"), ("train", "model"), ("focal_loss", "loss"), ("evaluate", "evaluate"),
+        ("pretrain", "pretrain"), ("train", "train"), ("encoder", "model"), ("focal_loss", "loss"), ("evaluate", "evaluate"),
     ]:
         module = importlib.import_module(f"stages.{module_name}")
         classes = [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__]
@@ -111,6 +111,7 @@ def tiny_profile(root: Path) -> None:
     params["data"].update(source="data/raw/tiny.csv", text_column="review", label_column="sentiment")
     params["model"].update(name=str(bert), max_length=32)
     params["tokenizer"].update(vocab_size=60, model_type="bpe", max_new_tokens=5, min_frequency=2)
+    params["pretrain"].update(enabled=True, epochs=1, batch_size=8)  # the encoder train starts from
     params["augment"].update(backend="nlpaug", from_model=str(src), to_model=str(tgt), max_length=20, batch_size=8)
     params["augment"].update(max_length_ratio=100.0)  # random-weight Marian output has arbitrary length
     params["train"].update(max_epochs=2, batch_size=8)

@@ -8,13 +8,12 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from stages import common
 from stages.focal_loss import LossParams
 from stages.swa import VAL_LOSS, SWACallback, SwaParams, build_lr_scheduler, evaluate_best_and_swa
+from stages.encoder import ModelParams, init_new_token_embeddings
 from stages.train import (
     FocalTrainer,
-    ModelParams,
     TrainParams,
     build_model,
     history_from_logs,
-    init_new_token_embeddings,
     make_compute_metrics,
     run,
     training_args,
@@ -45,6 +44,7 @@ def tiny_root(tmp_path):
     AutoTokenizer.from_pretrained(base).save_pretrained(tmp_path / "models/tokenizer")
     meta = {"mode": "extend", "base_model": str(base), "new_tokens": {}}
     common.write_json(tmp_path / "models/tokenizer/tokenizer_meta.json", meta)
+    common.write_json(tmp_path / "models/pretrain/pretrain_meta.json", {"enabled": False})  # pretrain stage off
     return tmp_path
 
 

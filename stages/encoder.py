@@ -1,0 +1,53 @@
+"""The encoder a stage starts from: the base model fitted to the tokenizer stage's vocabulary.
+
+Shared by `pretrain` (with a masked-LM head) and `train` (with a classification head), so both
+start from the same weights: in `extend` mode the base model with one embedding row per added
+token, set to the mean of the rows of the sub-tokens that word used to split into; in `scratch`
+mode the base architecture with random weights and the SentencePiece vocabulary. The params
+section `model` (which model, and how texts are cut to its input length) is read here too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import torch
+from transformers import AutoConfig
+
+from stages import common
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    name: str
+    max_length: Annotated[int, common.Range(8, why="[CLS] ... [SEP] around a few tokens of text")]
+    truncation: Literal["head", "head_tail"]  # what a text longer than max_length keeps (common.tokenize)
+
+    def __post_init__(self) -> None:
+        common.check_ranges(self, "model")
+
+
+def load_encoder(auto_cls: Any, source: str, tokenizer: Any, meta: dict, seed: int, **kwargs: Any) -> Any:
+    """`auto_cls` (e.g. AutoModelForMaskedLM) from `source` for the tokenizer described by `meta`
+    (models/tokenizer/tokenizer_meta.json); `seed` draws every weight the checkpoint lacks."""
+    torch.manual_seed(seed)
+    if meta["mode"] == "scratch":
+        config = AutoConfig.from_pretrained(source, **kwargs)
+        config.vocab_size = len(tokenizer)
+        config.pad_token_id = tokenizer.pad_token_id
+        return auto_cls.from_config(config)
+    # safetensors only (a pickled .bin could run code on load); remote code is never trusted
+    model = auto_cls.from_pretrained(source, use_safetensors=True, **kwargs)
+    if meta["new_tokens"]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # rows set just below
+        init_new_token_embeddings(model, tokenizer, meta["new_tokens"])
+    return model
+
+
+def init_new_token_embeddings(model: Any, tokenizer: Any, new_tokens: dict[str, list[int]]) -> None:
+    """Each added token's embedding row starts as the mean of the rows it used to split into."""
+    weight = model.get_input_embeddings().weight
+    with torch.no_grad():
+        for token, sub_ids in new_tokens.items():
+            weight[tokenizer.convert_tokens_to_ids(token)] = weight[sub_ids].mean(dim=0)
