@@ -131,3 +131,31 @@ def test_history_pairs_each_epoch_train_loss_with_its_val_loss():
 def test_params_out_of_range_fail_at_load(key, value):
     with pytest.raises(common.ParamsError, match=f"pretrain.{key}"):
         _params(**{key: value})
+
+
+def test_training_loss_scores_masked_positions_like_the_models_own_mlm_loss(root):
+    from transformers import DataCollatorForLanguageModeling
+
+    from stages.pretrain import MaskedLMTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(root / "base")
+    batch = DataCollatorForLanguageModeling(tokenizer, seed=1)([dict(tokenizer(r["text"])) for r in _rows(2, "t")])
+    model = AutoModelForMaskedLM.from_pretrained(root / "base")
+    trainer = MaskedLMTrainer.__new__(MaskedLMTrainer)  # compute_loss needs no Trainer state
+    own = model(**batch).loss
+    torch.testing.assert_close(trainer.compute_loss(model, batch), own)
+
+
+def test_an_mlm_head_of_another_name_scores_every_position_with_the_same_loss():
+    from transformers import DistilBertConfig, DistilBertForMaskedLM
+
+    from stages.pretrain import MaskedLMTrainer
+
+    torch.manual_seed(0)
+    model = DistilBertForMaskedLM(DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32)).eval()
+    ids = torch.randint(5, 50, (3, 7))
+    labels = torch.full_like(ids, -100)
+    labels[:, 2] = ids[:, 2]
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    trainer = MaskedLMTrainer.__new__(MaskedLMTrainer)
+    torch.testing.assert_close(trainer.compute_loss(model, batch), model(**batch).loss)
