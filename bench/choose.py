@@ -32,7 +32,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from stages.common import ROOT, read_json, read_params, workspace_root  # noqa: E402
-from tools.grid import cell  # noqa: E402
+from tools.grid import cell, mean_std  # noqa: E402
 
 WORK = ROOT / ".cache/choose"
 SPLIT_STAGES = ("prepare", "augment")  # depend on seed and data only: shared by every candidate
@@ -126,12 +126,28 @@ def run(candidates: dict[str, dict], common_sets: dict, jobs: int) -> list[dict]
     return results
 
 
-def table(results: list[dict]) -> str:
-    lines = ["| candidate | seeds | val macro-F1 | val CE loss | val accuracy | epochs |", "|---|---|---|---|---|---|"]
-    for name in dict.fromkeys(r["candidate"] for r in results):
+def paired(results: list[dict], name: str, baseline: str, key: str = "val_macro_f1") -> str:
+    """Mean per-split difference of `name` minus `baseline` ± its standard error, and on how many
+    of the shared splits it was positive: the splits vary far more than the candidates do."""
+    base = {r["seed"]: r[key] for r in results if r["candidate"] == baseline}
+    diffs = [r[key] - base[r["seed"]] for r in results if r["candidate"] == name and r["seed"] in base]
+    if name == baseline or len(diffs) < 2:
+        return "—"
+    mean, std = mean_std(diffs)
+    return f"{mean:+.3f} ± {std / len(diffs) ** 0.5:.3f} ({sum(d > 0 for d in diffs)}/{len(diffs)})"
+
+
+def table(results: list[dict], baseline: str | None = None) -> str:
+    """Mean ± std over splits per candidate; paired differences against `baseline` (default: the first)."""
+    names = list(dict.fromkeys(r["candidate"] for r in results))
+    baseline = baseline or names[0]
+    lines = [f"| candidate | seeds | val macro-F1 | val CE loss | val accuracy | epochs | paired vs {baseline} |",
+             "|---|---|---|---|---|---|---|"]
+    for name in names:
         rows = [r for r in results if r["candidate"] == name]
         lines.append(f"| {name} | {len(rows)} | " + " | ".join(
-            cell([r[k] for r in rows]) for k in ("val_macro_f1", "val_ce_loss", "val_accuracy", "epochs_run")) + " |")
+            cell([r[k] for r in rows]) for k in ("val_macro_f1", "val_ce_loss", "val_accuracy", "epochs_run"))
+            + f" | {paired(results, name, baseline)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -145,7 +161,8 @@ def main() -> None:
     r.add_argument("--set", default="", help="overrides for every candidate, e.g. model.name=models/base/x")
     r.add_argument("--jobs", type=int, default=1)
     t = sub.add_parser("table", help="the table again, from results.json or lines of a run's output")
-    t.add_argument("log", nargs="?", type=Path)
+    t.add_argument("log", nargs="*", type=Path, help="run outputs (lines of JSON results); several are merged")
+    t.add_argument("--baseline", help="candidate the paired column compares with (default: the first)")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     if args.command == "splits":
@@ -154,10 +171,10 @@ def main() -> None:
         candidates = {c.split(":", 1)[0]: parse_sets(c.split(":", 1)[1]) for c in args.candidates}
         print(table(run(candidates, parse_sets(args.set), args.jobs)), end="")
     elif args.log:
-        lines = args.log.read_text().splitlines()
-        print(table([json.loads(line) for line in lines if line.startswith('{"candidate"')]), end="")
+        lines = [line for path in args.log for line in path.read_text().splitlines()]
+        print(table([json.loads(line) for line in lines if line.startswith('{"candidate"')], args.baseline), end="")
     else:
-        print(table(json.loads((WORK / "results.json").read_text())), end="")
+        print(table(json.loads((WORK / "results.json").read_text()), args.baseline), end="")
 
 
 if __name__ == "__main__":
