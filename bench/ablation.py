@@ -24,7 +24,7 @@ from tools.grid import Run, cell, exp_show, mean_std, runs_from_exp_show  # noqa
 
 PLAIN = {"loss.gamma": 0, "alpha.method": "none", "loss.label_smoothing": 0, "train.swa.enabled": False,
          "augment.enabled": False, "tokenizer.max_new_tokens": 0, "train.max_epochs": 6, "train.swa.start_epoch": 3,
-         "pretrain.enabled": False}
+         "pretrain.enabled": False, "pretrain.epochs": 3}
 # Cumulative: each row is the previous one plus one remedy; the last is params.yaml's default.
 # PLAIN pins every key a row changes, so rows queued after a default changes still run as before.
 STEPS = [
@@ -39,7 +39,8 @@ STEPS = [
     ("final", "gamma 0, 10 epochs, SWA from 4 (= default)", {"loss.gamma": 0, "train.max_epochs": 10,
                                                              "train.swa.start_epoch": 4}),
     # Task-adaptive masked-LM pretraining on the train texts (stages/pretrain.py), on top of the default.
-    ("tapt", "+ masked-LM pretraining (TAPT)", {"pretrain.enabled": True}),
+    ("tapt", "+ masked-LM pretraining (TAPT), 3 epochs", {"pretrain.enabled": True}),
+    ("tapt10", "+ TAPT for 10 epochs instead", {"pretrain.epochs": 10}),
 ]
 COLUMNS = [("macro_f1", "test macro-F1"), ("accuracy", "accuracy"), ("neutral_f1", "neutral F1"), ("ece", "ECE")]
 
