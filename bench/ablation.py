@@ -111,17 +111,30 @@ def flatten_test(metrics: dict) -> dict[str, float]:
             "neutral_f1": metrics["per_class"].get("neutral", {}).get("f1", float("nan")), "ece": metrics["ece"]}
 
 
-def table(found: dict[str, list[Run]], times: dict[str, float], refs) -> str:
-    lines = ["| row | seeds | " + " | ".join(label for _, label in COLUMNS) + " | train time (s) |",
-             "|---|---|" + "---|" * len(COLUMNS) + "---|"]
+def kept_val_f1(shown: list[dict]) -> dict[str, float]:
+    """Experiment name -> validation macro-F1 of the model `train` kept: what a choice may look at."""
+    out: dict[str, float] = {}
+    for baseline in shown:
+        for group in baseline.get("experiments") or []:
+            for rev in group.get("revs") or []:
+                train = (((rev.get("data") or {}).get("metrics") or {}).get("metrics/train.json") or {}).get("data")
+                if rev.get("name") and train:
+                    out[rev["name"]] = (train["swa"] if train["kept"] == "swa" else train["best"])["val_macro_f1"]
+    return out
+
+
+def table(found: dict[str, list[Run]], times: dict[str, float], vals: dict[str, float], refs) -> str:
+    lines = ["| row | seeds | val macro-F1 | " + " | ".join(label for _, label in COLUMNS) + " | train time (s) |",
+             "|---|---|---|" + "---|" * len(COLUMNS) + "---|"]
     for name, values in refs:
-        lines.append(f"| {name} (reference) | {len(values['macro_f1'])} | "
+        lines.append(f"| {name} (reference) | {len(values['macro_f1'])} | — | "
                      + " | ".join(cell(values[k]) for k, _ in COLUMNS) + " | — |")
     for name, label, _ in rows():
         members = found.get(name, [])
         stats = [cell([flatten_test(m.metrics)[k] for m in members]) for k, _ in COLUMNS]
+        val = cell([vals[m.name] for m in members if m.name in vals])
         secs = [times[m.name] for m in members if m.name in times]
-        lines.append(f"| {label} | {len(members)} | " + " | ".join(stats) + f" | {cell(secs, digits=0)} |")
+        lines.append(f"| {label} | {len(members)} | {val} | " + " | ".join(stats) + f" | {cell(secs, digits=0)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -147,7 +160,8 @@ def figure(found: dict[str, list[Run]], refs, path: Path) -> None:
 
 def report(revs: list[str]) -> str:
     """Table of the `abl-*` experiments of the baseline commits `revs` (default HEAD)."""
-    runs = [run for rev in revs or [None] for run in runs_from_exp_show(exp_show(ROOT, rev), dedupe=False)]
+    shown = [exp_show(ROOT, rev) for rev in revs or [None]]
+    runs = [run for rows_of_rev in shown for run in runs_from_exp_show(rows_of_rev, dedupe=False)]
     found: dict[str, list[Run]] = {}
     for run in runs:
         if run.name.startswith("abl-"):
@@ -155,7 +169,7 @@ def report(revs: list[str]) -> str:
     seeds = sorted({int(r.name.rsplit("-s", 1)[1]) for group in found.values() for r in group}) or [42]
     refs = references(seeds)
     figure(found, refs, ROOT / "plots/ablation/macro_f1.png")
-    return table(found, train_times(), refs)
+    return table(found, train_times(), {k: v for one in shown for k, v in kept_val_f1(one).items()}, refs)
 
 
 def main() -> None:
