@@ -139,6 +139,16 @@ def encoder_with_pooler(mlm_model: Any, source: str, tokenizer: Any, meta: dict,
     return encoder
 
 
+def write_outputs(root: Path, meta: dict, encoder: Any, history_rows: list[dict], metrics: dict) -> None:
+    """models/pretrain (the encoder, when there is one, and its meta), the history and the metrics."""
+    with common.atomic_dir(root / "models/pretrain") as tmp:
+        if encoder is not None:
+            encoder.save_pretrained(tmp)
+        common.write_json(tmp / "pretrain_meta.json", meta)
+    common.write_json(root / "plots/pretrain/history.json", history_rows)
+    common.write_json(root / "metrics/pretrain.json", metrics)
+
+
 def run(
     params: PretrainParams,
     model_name: str,
@@ -150,13 +160,9 @@ def run(
     """Train the masked-LM on train's texts (when enabled); write the encoder, metrics and history."""
     from datasets import Dataset
 
-    out_dir, meta_out = root / "models/pretrain", {"enabled": params.enabled, "base_model": model_name, "seed": seed,
-                                                   "params": common.as_dict(params)}
+    meta = {"enabled": params.enabled, "base_model": model_name, "seed": seed, "params": common.as_dict(params)}
     if not params.enabled:
-        with common.atomic_dir(out_dir) as tmp:
-            common.write_json(tmp / "pretrain_meta.json", meta_out)
-        common.write_json(root / "plots/pretrain/history.json", [])
-        common.write_json(root / "metrics/pretrain.json", {"enabled": False})
+        write_outputs(root, meta, None, [], {"enabled": False})
         print("pretrain: disabled (pretrain.enabled: false); train starts from the base model")
         return {"enabled": False}
     common.seed_everything(seed)
@@ -164,20 +170,16 @@ def run(
     tok_meta = common.read_json(root / "models/tokenizer/tokenizer_meta.json")
     source = common.resolve_model_name(model_name, root)
     model = load_encoder(AutoModelForMaskedLM, source, tokenizer, tok_meta, seed)
-
-    def encode(split: str) -> Dataset:
-        texts = [r["text"] for r in common.read_rows(root / f"data/prepare/{split}.jsonl")]
-        return Dataset.from_dict(common.tokenize(tokenizer, texts, max_length, truncation))
-
-    train_ds, val_ds = encode("train"), encode("val")
+    train_ds, val_ds = (Dataset.from_dict(common.tokenize(
+        tokenizer, [r["text"] for r in common.read_rows(root / f"data/prepare/{split}.jsonl")], max_length,
+        truncation)) for split in ("train", "val"))
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=params.mask_probability, seed=seed)
     val_masked = DataCollatorForLanguageModeling(tokenizer, mlm_probability=params.mask_probability,
                                                  seed=seed + 1)([dict(r) for r in val_ds])
     print(f"pretrain: masked-LM on {len(train_ds)} train texts for {params.epochs} epochs, "
           f"{int((val_masked['labels'] != -100).sum())} masked val tokens, vocab {len(tokenizer)}")
-    eval_batch = params.batch_size * 2
-    before = masked_lm_loss(model, val_masked, eval_batch)
-    callback = ValLossCallback(val_masked, eval_batch)
+    before = masked_lm_loss(model, val_masked, params.batch_size * 2)
+    callback = ValLossCallback(val_masked, params.batch_size * 2)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pretrain-") as scratch:
         trainer = MaskedLMTrainer(model=model, args=training_args(scratch, params, seed), train_dataset=train_ds,
@@ -186,14 +188,10 @@ def run(
     common.write_json(root / common.RUNTIME_DIR / "pretrain.json",
                       {"device": str(trainer.args.device), "wall_time_s": round(time.perf_counter() - start, 1)})
     rows = history(trainer.state.log_history, callback.val_losses)
-    encoder = encoder_with_pooler(trainer.model.cpu(), source, tokenizer, tok_meta, seed)
     metrics = {"enabled": True, "n_train_texts": len(train_ds), "epochs": params.epochs,
                "val_mlm_loss_before": before, "val_mlm_loss_after": rows[-1]["val_loss"]}
-    with common.atomic_dir(out_dir) as tmp:
-        encoder.save_pretrained(tmp)
-        common.write_json(tmp / "pretrain_meta.json", {**meta_out, "vocab_size": len(tokenizer)})
-    common.write_json(root / "plots/pretrain/history.json", rows)
-    common.write_json(root / "metrics/pretrain.json", metrics)
+    write_outputs(root, {**meta, "vocab_size": len(tokenizer)},
+                  encoder_with_pooler(trainer.model.cpu(), source, tokenizer, tok_meta, seed), rows, metrics)
     print(f"pretrain: val masked-LM loss {before:.3f} -> {metrics['val_mlm_loss_after']:.3f}")
     return metrics
 
