@@ -151,8 +151,8 @@ def figure(found: dict[str, list[Run]], refs, path: Path) -> None:
     ys = range(len(labels))[::-1]
     ax.barh(list(ys), [s[0] for s in stats], xerr=[s[1] for s in stats], capsize=3,
             color=["0.6"] * len(refs) + ["tab:blue"] * (len(labels) - len(refs)))
-    for y, (mean, _) in zip(ys, stats):
-        ax.text(mean + 0.01, y, f"{mean:.3f}", va="center", fontsize=8)
+    for y, (mean, std) in zip(ys, stats):
+        ax.text(mean + std + 0.015, y, f"{mean:.3f}", va="center", fontsize=8)  # clear of the error bar
     ax.set_yticks(list(ys), labels, fontsize=8)
     ax.set(xlabel="test macro-F1 (mean ± std over seeds)", xlim=(0, 1), title="Ablation on the bundled drug reviews")
     save_png(fig, path)
