@@ -28,6 +28,22 @@ class ModelParams:
         common.check_ranges(self, "model")
 
 
+def resolve_device(device: str, key: str) -> str:
+    """A `device` param (`key` names it) -> "cuda" or "cpu"; CUDA without a GPU fails with what to do."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"{key} is cuda but torch sees no GPU (torch.cuda.is_available() is False): "
+                           f"install a CUDA build of torch, or set {key}: auto or cpu")
+    return "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def device_args(device: str, key: str) -> dict[str, bool]:
+    """TrainingArguments for where the encoder trains: fp32 with deterministic kernels on CPU (same
+    seed => same metrics); AMP on CUDA, bf16 where supported, else fp16."""
+    cuda = resolve_device(device, key) == "cuda"
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    return {"full_determinism": not cuda, "use_cpu": not cuda, "bf16": bf16, "fp16": cuda and not bf16}
+
+
 def load_encoder(auto_cls: Any, source: str, tokenizer: Any, meta: dict, seed: int, **kwargs: Any) -> Any:
     """`auto_cls` (e.g. AutoModelForMaskedLM) from `source` for the tokenizer described by `meta`
     (models/tokenizer/tokenizer_meta.json); `seed` draws every weight the checkpoint lacks."""

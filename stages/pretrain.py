@@ -42,7 +42,7 @@ from transformers import (
 )
 
 from stages import common
-from stages.encoder import ModelParams, load_encoder
+from stages.encoder import ModelParams, device_args, load_encoder
 
 
 @dataclass(frozen=True)
@@ -118,14 +118,12 @@ def history(log_history: list[dict], val_losses: list[float]) -> list[dict]:
 
 
 def training_args(out_dir: str, p: PretrainParams, seed: int) -> TrainingArguments:
-    cuda = p.device == "cuda" or (p.device == "auto" and torch.cuda.is_available())
     return TrainingArguments(
         output_dir=out_dir, num_train_epochs=p.epochs, per_device_train_batch_size=p.batch_size,
         learning_rate=p.learning_rate, weight_decay=p.weight_decay, warmup_steps=p.warmup_ratio,
         lr_scheduler_type="linear", logging_strategy="epoch", save_strategy="no", eval_strategy="no",
-        seed=seed, data_seed=seed, full_determinism=not cuda, use_cpu=not cuda,
-        bf16=cuda and torch.cuda.is_bf16_supported(), fp16=cuda and not torch.cuda.is_bf16_supported(),
-        report_to="none", dataloader_num_workers=0,
+        seed=seed, data_seed=seed, report_to="none", dataloader_num_workers=0,
+        **device_args(p.device, "pretrain.device"),
     )
 
 

@@ -48,7 +48,7 @@ from transformers import (
 )
 
 from stages import common
-from stages.encoder import ModelParams, load_encoder
+from stages.encoder import ModelParams, device_args, load_encoder, resolve_device
 from stages.focal_loss import LossParams, focal_loss
 from stages.swa import VAL_LOSS, SWACallback, SwaParams, build_lr_scheduler, evaluate_best_and_swa
 
@@ -178,16 +178,8 @@ def encode(rows: list[dict], tokenizer, label2id: dict[str, int], model_params: 
     return Dataset.from_dict({**enc, "labels": [label2id[r["label"]] for r in rows]})
 
 
-def resolve_device(device: str) -> str:
-    """`train.device` -> "cuda" or "cpu"; asking for CUDA without a GPU fails with what to do."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is cuda but torch sees no GPU (torch.cuda.is_available() is False): "
-                           "install a CUDA build of torch, or set train.device: auto or cpu")
-    return "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
-
-
 def training_args(out_dir: str, p: TrainParams, seed: int) -> TrainingArguments:
-    cuda = resolve_device(p.device) == "cuda"
+    cuda = resolve_device(p.device, "train.device") == "cuda"
     per_device = p.batch_size // (p.nproc * p.grad_accum_steps)
     return TrainingArguments(
         output_dir=out_dir,
@@ -208,10 +200,7 @@ def training_args(out_dir: str, p: TrainParams, seed: int) -> TrainingArguments:
         save_only_model=True,  # checkpoints live in a temp dir; the optimizer state is never needed
         seed=seed,
         data_seed=seed,
-        full_determinism=not cuda,  # deterministic kernels on CPU: same seed => same metrics
-        use_cpu=not cuda,
-        bf16=cuda and torch.cuda.is_bf16_supported(),
-        fp16=cuda and not torch.cuda.is_bf16_supported(),
+        **device_args(p.device, "train.device"),
         ddp_backend=("nccl" if cuda else "gloo") if p.nproc > 1 else None,
         report_to="none",
         dataloader_num_workers=0,
@@ -234,7 +223,7 @@ def checkpoint_dir() -> Iterator[str]:
 
 def launch_distributed(p: TrainParams) -> int:
     """Run this stage under torchrun with `p.nproc` processes on this machine; their exit code."""
-    if resolve_device(p.device) == "cuda" and p.nproc > torch.cuda.device_count():
+    if resolve_device(p.device, "train.device") == "cuda" and p.nproc > torch.cuda.device_count():
         raise common.ParamsError(f"train.nproc is {p.nproc} but torch sees {torch.cuda.device_count()} GPU(s): "
                                  "lower train.nproc, or expose more GPUs (CUDA_VISIBLE_DEVICES)")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={p.nproc}",

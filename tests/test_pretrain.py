@@ -159,3 +159,13 @@ def test_an_mlm_head_of_another_name_scores_every_position_with_the_same_loss():
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
     trainer = MaskedLMTrainer.__new__(MaskedLMTrainer)
     torch.testing.assert_close(trainer.compute_loss(model, batch), model(**batch).loss)
+
+
+def test_both_stages_take_the_same_device_settings(monkeypatch):
+    from stages.encoder import device_args
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device_args("auto", "pretrain.device") == {"full_determinism": True, "use_cpu": True, "bf16": False,
+                                                      "fp16": False}
+    with pytest.raises(RuntimeError, match="set pretrain.device: auto or cpu"):
+        device_args("cuda", "pretrain.device")
