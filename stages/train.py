@@ -24,7 +24,6 @@ Run:     python -m stages.train
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -33,24 +32,25 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Iterator, Literal
+from typing import Annotated, Literal
 
-import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, f1_score
-from transformers import (
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    DataCollatorWithPadding,
-    EarlyStoppingCallback,
-    Trainer,
-    TrainingArguments,
-)
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, EarlyStoppingCallback
 
 from stages import common
-from stages.encoder import ModelParams, device_args, load_encoder, resolve_device
-from stages.focal_loss import LossParams, focal_loss
-from stages.swa import VAL_LOSS, SWACallback, SwaParams, build_lr_scheduler, evaluate_best_and_swa
+from stages.encoder import ModelParams, load_encoder, resolve_device
+from stages.focal_loss import LossParams
+from stages.frozen import CachedDataset, FrozenBottom, collate
+from stages.swa import SWACallback, SwaParams, evaluate_best_and_swa
+from stages.trainer import (  # noqa: F401  (FocalTrainer, make_compute_metrics, training_args: used by tests/bench)
+    CKPT_DIR_ENV,
+    FocalTrainer,
+    val_metrics,
+    checkpoint_dir,
+    history_from_logs,
+    make_compute_metrics,
+    training_args,
+)
 
 
 @dataclass(frozen=True)
@@ -106,71 +106,6 @@ def pretrained_encoder(path: Path, model_name: str, tokenizer) -> Path | None:
     return path
 
 
-class FocalTrainer(Trainer):
-    # compute_loss divides by the alpha mass of the whole accumulated batch (get_batch_samples),
-    # so the Trainer must not divide again by the gradient-accumulation steps.
-    loss_is_scaled_for_ga = True
-
-    def __init__(self, *args, alpha: torch.Tensor, loss_params: LossParams, train_params: TrainParams, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.alpha, self.loss_params, self.train_params = alpha, loss_params, train_params
-
-    def get_batch_samples(self, epoch_iterator, num_batches, device):
-        """The micro-batches of one optimizer step, and their total alpha weight (over every DDP
-        process) as the loss normalizer."""
-        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
-        weight = sum(self.alpha[b["labels"].cpu()].sum() for b in batch_samples) if batch_samples else None
-        if weight is not None and self.args.world_size > 1:
-            weight = self.accelerator.gather(weight.reshape(1).to(device)).sum()
-        # A Python float: valid against logits on any device.
-        return batch_samples, None if weight is None else float(weight)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
-        # In evaluation the Trainer passes an example count, not our alpha mass: use the batch's own.
-        normalizer = num_items_in_batch if model.training else None
-        loss = focal_loss(outputs.logits, inputs["labels"], self.alpha, self.loss_params.gamma,
-                          self.loss_params.label_smoothing, normalizer=normalizer)
-        if model.training:
-            # DDP averages gradients over processes; each process's sum over the global alpha mass
-            # times the process count makes that average the global weighted mean.
-            loss = loss * self.args.world_size
-        return (loss, outputs) if return_outputs else loss
-
-    def create_scheduler(self, num_training_steps: int, optimizer=None):
-        if self.lr_scheduler is None:
-            steps_per_epoch = max(1, num_training_steps // self.train_params.max_epochs)
-            self.lr_scheduler = build_lr_scheduler(
-                optimizer or self.optimizer,
-                num_training_steps,
-                steps_per_epoch,
-                self.train_params.warmup_ratio,
-                self.train_params.swa,
-            )
-        return self.lr_scheduler
-
-
-def make_compute_metrics(alpha: torch.Tensor, loss_params: LossParams):
-    """Validation metrics over the whole set at once, so none depends on the eval batch size.
-
-    `focal_loss` (what early stopping and `swa.keep: auto` compare) is the training loss over
-    all validation examples; `ce_loss`, plain cross-entropy, is comparable across gammas.
-    """
-
-    def compute_metrics(eval_pred) -> dict[str, float]:
-        logits, labels = (torch.as_tensor(np.asarray(x)) for x in eval_pred)
-        labels = labels.long()
-        preds = logits.argmax(-1).numpy()
-        return {
-            "accuracy": accuracy_score(labels, preds),
-            "macro_f1": f1_score(labels, preds, average="macro"),
-            "focal_loss": focal_loss(logits, labels, alpha, loss_params.gamma, loss_params.label_smoothing).item(),
-            "ce_loss": torch.nn.functional.cross_entropy(logits.float(), labels).item(),
-        }
-
-    return compute_metrics
-
-
 def encode(rows: list[dict], tokenizer, label2id: dict[str, int], model_params: ModelParams):
     from datasets import Dataset
 
@@ -178,47 +113,28 @@ def encode(rows: list[dict], tokenizer, label2id: dict[str, int], model_params: 
     return Dataset.from_dict({**enc, "labels": [label2id[r["label"]] for r in rows]})
 
 
-def training_args(out_dir: str, p: TrainParams, seed: int) -> TrainingArguments:
-    cuda = resolve_device(p.device, "train.device") == "cuda"
-    per_device = p.batch_size // (p.nproc * p.grad_accum_steps)
-    return TrainingArguments(
-        output_dir=out_dir,
-        num_train_epochs=p.max_epochs,
-        per_device_train_batch_size=per_device,
-        gradient_accumulation_steps=p.grad_accum_steps,
-        per_device_eval_batch_size=per_device * 2,  # metrics are over the whole val set: no effect on them
-        learning_rate=p.learning_rate,
-        weight_decay=p.weight_decay,
-        warmup_steps=p.warmup_ratio,  # < 1 means a fraction of all steps (used by our scheduler too)
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        logging_strategy="epoch",
-        load_best_model_at_end=True,
-        metric_for_best_model=VAL_LOSS,  # over all val examples, not a mean of batch means
-        greater_is_better=False,
-        save_total_limit=1,
-        save_only_model=True,  # checkpoints live in a temp dir; the optimizer state is never needed
-        seed=seed,
-        data_seed=seed,
-        **device_args(p.device, "train.device"),
-        ddp_backend=("nccl" if cuda else "gloo") if p.nproc > 1 else None,
-        report_to="none",
-        dataloader_num_workers=0,
-    )
+def trainable(model, tokenizer, splits: dict[str, list[dict]], label2id: dict[str, int], model_params: ModelParams,
+              train_params: TrainParams):
+    """(model to train, datasets of `splits`, collator, FrozenBottom or None).
 
-
-# A multi-process run's checkpoint dir: every process must load the best checkpoint from one place.
-CKPT_DIR_ENV = "TRAIN_CHECKPOINT_DIR"
-
-
-@contextlib.contextmanager
-def checkpoint_dir() -> Iterator[str]:
-    """The launcher's shared temp dir under torchrun, else a fresh temp dir removed afterwards."""
-    if CKPT_DIR_ENV in os.environ:
-        yield os.environ[CKPT_DIR_ENV]
-        return
-    with tempfile.TemporaryDirectory(prefix="train-ckpt-") as path:
-        yield path
+    model.freeze_layers > 0 freezes the embeddings and that many bottom layers; with model.cache_frozen
+    they run once per text here (stages/frozen.py) and the model to train is the top alone."""
+    encoded = [encode(rows, tokenizer, label2id, model_params) for rows in splits.values()]
+    if not model_params.freeze_layers:
+        return model, encoded, DataCollatorWithPadding(tokenizer), None
+    frozen = FrozenBottom(model, model_params.freeze_layers)
+    if not model_params.cache_frozen:
+        return model, encoded, DataCollatorWithPadding(tokenizer), None
+    device = torch.device(resolve_device(train_params.device, "train.device"))
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    model.to(device)
+    # the eval batch size: padding inside a batch is masked, so it does not change the states
+    cached = [CachedDataset(frozen.encode(ds["input_ids"], train_params.batch_size * 2, device), ds["labels"])
+              for ds in encoded]
+    print(f"train: cached the outputs of the embeddings and {frozen.n} frozen layers for "
+          f"{sum(len(c) for c in cached)} texts; training the top {len(frozen.layers) - frozen.n} layers and the head")
+    return frozen.top(), cached, collate, frozen
 
 
 def launch_distributed(p: TrainParams) -> int:
@@ -231,25 +147,6 @@ def launch_distributed(p: TrainParams) -> int:
     print(f"train: launching {p.nproc} processes: {' '.join(cmd[1:])}")
     with tempfile.TemporaryDirectory(prefix="train-ckpt-") as shared:
         return subprocess.run(cmd, env={**os.environ, CKPT_DIR_ENV: shared}, check=False).returncode
-
-
-def _val_metrics(m: dict) -> dict:
-    return {"val_loss": m[VAL_LOSS], "val_ce_loss": m["eval_ce_loss"], "val_accuracy": m["eval_accuracy"],
-            "val_macro_f1": m["eval_macro_f1"]}
-
-
-def history_from_logs(log_history: list[dict]) -> list[dict]:
-    """One row per epoch: train loss, val loss/accuracy/macro-F1 and the LR, from Trainer logs."""
-    rows: dict[int, dict] = {}
-    for entry in log_history:
-        if "epoch" not in entry:
-            continue
-        row = rows.setdefault(round(entry["epoch"]), {"epoch": round(entry["epoch"])})
-        if "loss" in entry:
-            row.update(train_loss=entry["loss"], learning_rate=entry["learning_rate"])
-        if VAL_LOSS in entry:
-            row.update(_val_metrics(entry))
-    return [rows[e] for e in sorted(rows) if "val_loss" in rows[e] and "train_loss" in rows[e]]
 
 
 def save_history_plot(history: list[dict], path: Path) -> None:
@@ -288,13 +185,16 @@ def run(
             f"{model_params.name!r}: re-run the tokenizer stage (`dvc repro`)."
         )
     label2id = {lab: i for i, lab in enumerate(labels)}
-    train_ds = encode(common.read_rows(root / "data/augment/train.jsonl"), tokenizer, label2id, model_params)
-    val_ds = encode(common.read_rows(root / "data/prepare/val.jsonl"), tokenizer, label2id, model_params)
-    print(f"train {len(train_ds)} rows, val {len(val_ds)} rows, {len(labels)} classes, vocab {len(tokenizer)}")
+    splits = {"train": common.read_rows(root / "data/augment/train.jsonl"),
+              "val": common.read_rows(root / "data/prepare/val.jsonl")}
+    print(f"train {len(splits['train'])} rows, val {len(splits['val'])} rows, {len(labels)} classes, "
+          f"vocab {len(tokenizer)}")
     pretrained = pretrained_encoder(root / "models/pretrain", model_params.name, tokenizer)
     if pretrained is not None:
         print(f"train: starting from the encoder of the pretrain stage ({pretrained})")
     model = build_model(tokenizer, meta, model_params, labels, seed, pretrained)
+    model, (train_ds, val_ds), collator, frozen = trainable(model, tokenizer, splits, label2id, model_params,
+                                                            train_params)
     swa_cb = SWACallback(train_params.swa.start_epoch) if train_params.swa.enabled else None
     early = EarlyStoppingCallback(early_stopping_patience=train_params.early_stopping_patience)
     start = time.perf_counter()
@@ -304,7 +204,7 @@ def run(
             args=training_args(ckpt_dir, train_params, seed),
             train_dataset=train_ds,
             eval_dataset=val_ds,
-            data_collator=DataCollatorWithPadding(tokenizer),
+            data_collator=collator,
             compute_metrics=make_compute_metrics(alpha, loss_params),
             callbacks=[early] + ([swa_cb] if swa_cb else []),
             alpha=alpha,
@@ -315,7 +215,9 @@ def run(
         # Before the final evaluations below, which log at the last epoch too.
         history = history_from_logs(trainer.state.log_history)
         best, swa, kept = evaluate_best_and_swa(trainer, swa_cb, train_params.swa.keep)
-        best, swa = _val_metrics(best), swa and _val_metrics(swa)
+        best, swa = val_metrics(best), swa and val_metrics(swa)
+        if frozen is not None:
+            frozen.full()  # the kept top layers and head on the frozen bottom: what evaluate loads
     epochs_run = len(history)
     if swa_cb is not None and swa is None:
         skipped = (f"early stopping ended training at epoch {epochs_run}, before train.swa.start_epoch="

@@ -42,6 +42,8 @@ BAD = {
     "model.name": (True, r"model.name: expected str, got True"),
     "model.max_length": (4, r"model.max_length: 4 is out of range, allowed >= 8"),
     "model.truncation": ("tail", r"model.truncation: 'tail' is not one of \['head', 'head_tail'\]"),
+    "model.freeze_layers": (-1, r"model.freeze_layers: -1 is out of range, allowed >= 0"),
+    "model.cache_frozen": ("no", r"model.cache_frozen: expected bool, got 'no'"),
     "tokenizer.mode": ("merge", r"tokenizer.mode: 'merge' is not one of \['extend', 'scratch'\]"),
     "tokenizer.vocab_size": (10, r"tokenizer.vocab_size: 10 is out of range, allowed >= 32"),
     "tokenizer.model_type": ("wordpiece", r"tokenizer.model_type: 'wordpiece' is not one of"),

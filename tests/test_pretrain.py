@@ -79,7 +79,7 @@ def test_train_starts_from_the_pretrained_encoder_with_a_seeded_head(root):
     meta = common.read_json(root / "models/tokenizer/tokenizer_meta.json")
     pretrained = pretrained_encoder(root / "models/pretrain", str(root / "base"), tokenizer)
     assert pretrained == root / "models/pretrain"
-    params = ModelParams(str(root / "base"), 32, "head")
+    params = ModelParams(str(root / "base"), 32, "head", 0, True)
     model = build_model(tokenizer, meta, params, ["neg", "neu", "pos"], seed=3, pretrained=pretrained)
     again = build_model(tokenizer, meta, params, ["neg", "neu", "pos"], seed=3, pretrained=pretrained)
     from_base = build_model(tokenizer, meta, params, ["neg", "neu", "pos"], seed=3)

@@ -34,9 +34,13 @@ def _rows(n_per_class: int, prefix: str) -> list[dict]:
 
 @pytest.fixture
 def tiny_root(tmp_path):
+    return make_tiny_root(tmp_path)
+
+
+def make_tiny_root(tmp_path, **bert_kwargs):
     """A repo-shaped dir with what the train stage reads, around a tiny local BERT."""
     corpus = [r["text"] for r in _rows(8, "x")]
-    base = build_tiny_bert(tmp_path / "base", corpus, num_labels=3)
+    base = build_tiny_bert(tmp_path / "base", corpus, num_labels=3, **bert_kwargs)
     common.write_json(tmp_path / "data/prepare/labels.json", LABELS)
     common.write_jsonl(tmp_path / "data/prepare/val.jsonl", _rows(4, "val"))
     common.write_jsonl(tmp_path / "data/augment/train.jsonl", _rows(8, "train"))
@@ -55,7 +59,7 @@ def _params(root, **train_overrides):
         early_stopping_patience=3, swa=swa, device="cpu", nproc=1, grad_accum_steps=1,
     )
     train.update(train_overrides)
-    return 7, ModelParams(str(root / "base"), 32, "head"), LossParams(2.0, 0.1), TrainParams(**train)
+    return 7, ModelParams(str(root / "base"), 32, "head", 0, True), LossParams(2.0, 0.1), TrainParams(**train)
 
 
 def test_run_saves_swa_model_metrics_and_history(tiny_root):
@@ -244,7 +248,7 @@ def test_trainer_validation_loss_is_the_same_for_any_eval_batch_size(tiny_root, 
     from stages.train import encode
 
     val = encode(common.read_rows(tiny_root / "data/prepare/val.jsonl"), tokenizer, {l: i for i, l in enumerate(LABELS)},
-                 ModelParams(name="tiny", max_length=32, truncation="head"))
+                 ModelParams(name="tiny", max_length=32, truncation="head", freeze_layers=0, cache_frozen=True))
     losses = []
     for eval_batch in (3, 5, 12):
         model = AutoModelForSequenceClassification.from_pretrained(tiny_root / "base")
@@ -269,7 +273,7 @@ def test_gradient_accumulation_gives_the_same_update_as_one_batch(tiny_root, tmp
     tokenizer = AutoTokenizer.from_pretrained(tiny_root / "base")
     rows = common.read_rows(tiny_root / "data/augment/train.jsonl")[:8]
     data = encode(rows, tokenizer, {l: i for i, l in enumerate(LABELS)},
-                 ModelParams(name="tiny", max_length=32, truncation="head"))
+                 ModelParams(name="tiny", max_length=32, truncation="head", freeze_layers=0, cache_frozen=True))
     no_swa = SwaParams(enabled=False, start_epoch=2, lr=1e-3, keep="best")
     seed, _, loss_params, _ = _params(tiny_root)
     weights = []
@@ -298,7 +302,7 @@ def test_build_model_starts_new_token_rows_at_their_subtoken_mean(tmp_path):
     sub_ids = tokenizer("zolpidem", add_special_tokens=False)["input_ids"]
     tokenizer.add_tokens(["zolpidem"])
     meta = {"mode": "extend", "new_tokens": {"zolpidem": sub_ids}}
-    model = build_model(tokenizer, meta, ModelParams(str(base), 32, "head"), ["a", "b"], seed=0)
+    model = build_model(tokenizer, meta, ModelParams(str(base), 32, "head", 0, True), ["a", "b"], seed=0)
     original = AutoModelForSequenceClassification.from_pretrained(base).get_input_embeddings().weight
     row = model.get_input_embeddings().weight[tokenizer.convert_tokens_to_ids("zolpidem")]
     torch.testing.assert_close(row, original[sub_ids].mean(0))
@@ -316,8 +320,8 @@ def test_weights_load_from_safetensors_only(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(base)
     meta = {"mode": "extend", "new_tokens": {}}
     with pytest.raises(OSError, match="safetensors"):
-        build_model(tokenizer, meta, ModelParams(str(pickled), 32, "head"), ["a", "b"], seed=0)
-    assert build_model(tokenizer, meta, ModelParams(str(base), 32, "head"), ["a", "b"], seed=0) is not None
+        build_model(tokenizer, meta, ModelParams(str(pickled), 32, "head", 0, True), ["a", "b"], seed=0)
+    assert build_model(tokenizer, meta, ModelParams(str(base), 32, "head", 0, True), ["a", "b"], seed=0) is not None
 
 
 def test_no_stage_enables_remote_code():
@@ -340,7 +344,8 @@ def _stage_root(root, nproc: int):
     meta_path = root / "models/tokenizer/tokenizer_meta.json"
     common.write_json(meta_path, {**common.read_json(meta_path), "base_model": "models/base/tiny"})
     seed, _, loss, train = _params(root, nproc=nproc)
-    params = {"seed": seed, "model": {"name": "models/base/tiny", "max_length": 32, "truncation": "head"},
+    params = {"seed": seed, "model": {"name": "models/base/tiny", "max_length": 32, "truncation": "head",
+                                "freeze_layers": 0, "cache_frozen": True},
               "loss": common.as_dict(loss), "train": common.as_dict(train)}
     (root / "params.yaml").write_text(__import__("yaml").safe_dump(params))
     return root

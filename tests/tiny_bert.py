@@ -26,7 +26,8 @@ def tiny_vocab(corpus: list[str], max_words: int = 200) -> dict[str, int]:
     return {piece: i for i, piece in enumerate(pieces)}
 
 
-def build_tiny_bert(out_dir: Path, corpus: list[str], num_labels: int = 3, seed: int = 0) -> Path:
+def build_tiny_bert(out_dir: Path, corpus: list[str], num_labels: int = 3, seed: int = 0, num_layers: int = 1,
+                    dropout: float = 0.1) -> Path:
     """Save a tiny BertForSequenceClassification and its tokenizer to `out_dir`."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
@@ -35,7 +36,9 @@ def build_tiny_bert(out_dir: Path, corpus: list[str], num_labels: int = 3, seed:
     config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=16,
-        num_hidden_layers=1,
+        num_hidden_layers=num_layers,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
         num_attention_heads=2,
         intermediate_size=32,
         max_position_embeddings=64,
