@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -193,7 +194,22 @@ def test_s3_pull_from_a_wrong_bucket_fails_and_writes_nothing(tmp_path):
         # A teammate's misspelt bucket (moto accepts any credentials, so a wrong bucket stands in for bad access).
         dvc(bob, "remote", "modify", "--local", "shared", "url", "s3://no-such-bucket/toy", env=s3_env(tmp_path))
         failed = dvc(bob, "pull", env=s3_env(tmp_path), check=False)
-        assert failed.returncode != 0 and not (bob / "models/train").exists()
+        assert failed.returncode != 0 and "bucket does not exist" in failed.stderr
+        assert not (bob / "models/train").exists()
         dvc(bob, "remote", "modify", "--local", "--unset", "shared", "url", env=s3_env(tmp_path))
         dvc(bob, "pull", env=s3_env(tmp_path))
         assert output_files(bob) == output_files(alice)
+
+
+def test_bench_times_a_round_trip_and_records_it(tmp_path):
+    out = tmp_path / "remote.json"
+    done = subprocess.run([sys.executable, str(REPO / "bench/remote_roundtrip.py"), "--sizes-mb", "0.01",
+                           "--remotes", "directory", "--output", str(out)], env=clean_env(), capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    assert {"date", "commit", "command", "rows"} <= set(result) and len(result["rows"]) == 1
+    row = result["rows"][0]
+    assert row["remote"] == "directory" and 0 < row["size_mb"] < 0.1
+    assert list(row["seconds"]) == ["push", "push (up to date)", "pull (fresh clone)", "repro (no-op)"]
+    assert all(s > 0 for s in row["seconds"].values()) and "| directory |" in done.stdout

@@ -13,10 +13,12 @@ Used by tests/test_remote.py and bench/remote_roundtrip.py.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -133,11 +135,14 @@ def moto_s3(bucket: str):
     import boto3
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not one line per request
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
         endpoint = f"http://127.0.0.1:{port}"
+        # moto keeps its buckets in module state that outlives a server: start from none.
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=10)
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                           aws_access_key_id="testing", aws_secret_access_key="testing")
         s3.create_bucket(Bucket=bucket)
