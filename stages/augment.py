@@ -428,4 +428,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    common.cli("augment", main)

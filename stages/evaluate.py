@@ -21,16 +21,17 @@ from typing import Annotated
 
 import numpy as np
 
+from stages.classifier import Classifier
 from stages.common import (
     AT_LEAST_1,
     ROOT,
     Range,
     check_ranges,
+    cli,
     load_section,
     read_json,
     read_rows,
     save_png,
-    tokenize,
     write_json,
     write_text,
 )
@@ -55,34 +56,6 @@ def load_split(path: Path, labels: list[str]) -> tuple[list[str], list[str], np.
         if row["label"] not in index:
             raise ValueError(f"{path}: row {n} has label {row['label']!r}, not in {labels}")
     return [str(r["id"]) for r in rows], [r["text"] for r in rows], np.array([index[r["label"]] for r in rows])
-
-
-def predict_proba(model_dir: Path, texts: list[str], n_labels: int, max_length: int, batch_size: int,
-                  truncation: str = "head") -> np.ndarray:
-    """Class probabilities (n, k), float64 softmax of fp32 logits, CUDA when available.
-
-    Texts are cut as in training (`model.truncation`, saved in pipeline.json)."""
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    # safetensors only: a pickled .bin from an untrusted dir could run code on load
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).to(device).eval()
-    if model.config.num_labels != n_labels:
-        raise ValueError(f"{model_dir}: model has {model.config.num_labels} classes, labels.json has {n_labels}")
-    # Batch texts of similar length together: less padding, same logits (attention mask).
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    logits = np.empty((len(texts), n_labels), dtype=np.float32)
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(texts), batch_size), desc="evaluate", unit="batch"):
-            idx = order[start : start + batch_size]
-            enc = tokenize(tokenizer, [texts[i] for i in idx], max_length, truncation)
-            enc = tokenizer.pad(enc, return_tensors="pt").to(device)
-            logits[idx] = model(**enc).logits.float().cpu().numpy()
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    return np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
 
 
 def calibration_bins(probs: np.ndarray, y: np.ndarray, n_bins: int) -> list[dict]:
@@ -222,9 +195,9 @@ def run(params: EvaluateParams, model_dir: Path = ROOT / "models/train", data_di
     ids, texts, y = load_split(data_dir / "test.jsonl", labels)
     _, val_texts, val_y = load_split(data_dir / "val.jsonl", labels)
     print(f"evaluate: {len(texts)} test rows, {len(val_texts)} val rows, {len(labels)} classes, model {model_dir}")
-    model = pipeline["model"]
-    probs, val_probs = (predict_proba(model_dir, t, len(labels), model["max_length"], params.batch_size,
-                                      model["truncation"]) for t in (texts, val_texts))
+    # Texts are cut as in training (model.max_length / model.truncation, saved in pipeline.json).
+    classifier = Classifier.load(model_dir)
+    probs, val_probs = (classifier.predict_proba(t, params.batch_size, "evaluate") for t in (texts, val_texts))
     metrics = classification_metrics(probs, y, labels, params.ece_bins)
     metrics["bias_tuned"] = bias_tuned_metrics(val_probs, val_y, probs, y, labels, params.bias_search)
     save_confusion_png(plots_dir / "confusion.png", y, probs.argmax(axis=1), labels)
@@ -242,4 +215,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli("evaluate", main)

@@ -1,13 +1,19 @@
-"""Record one pipeline run in MLflow: all params, curves, metrics, plots, lineage tags.
+"""Record one pipeline run in MLflow: params, curves, metrics, plots, lineage, data and the model.
 
 Inputs:  params.yaml, metrics/*.json, plots/train/history.json, plots/ files, dvc.lock (if
-         present), models/train/pipeline.json
+         present), models/train/, data/augment/train.jsonl, data/prepare/{val,test}.jsonl
 Outputs: one MLflow run in the store at $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db
-         (artifacts beside a sqlite store, in <its dir>/mlruns); no files in the repo's outs.
+         (artifacts beside a sqlite store, in <its dir>/mlruns), with the classifier as a pyfunc
+         model (stages/mlflow_model.py) registered as a new version of `log.registered_model`, the
+         three splits as dataset inputs (digest = the file's md5, as in dvc.lock) and the pipeline's
+         real start and end (.cache/runtime/times/, written by common.cli for each stage).
          Queued and --temp experiments log to the repository's store too (common.workspace_root),
          under the DVC experiment's name; runs that log at once take turns on a sqlite store.
          Runtime facts (.cache/runtime/*.json: wall times, device, cache hits) go to MLflow only.
-Params:  log (experiment_name); every params.yaml key is logged
+         .cache/log/logged.json (git-ignored, a DVC out): what was logged, the same bytes for the
+         same inputs. A fresh clone lacks it, so its first `dvc repro` logs a run even when every
+         other stage's outputs come back unchanged; a no-op `dvc repro` stays a no-op.
+Params:  log; every params.yaml key is logged
 Run:     python -m stages.log
 """
 
@@ -15,19 +21,22 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import subprocess
 import time
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from filelock import FileLock
 
-from stages.common import ROOT, RUNTIME_DIR, load_section, read_json, read_params, workspace_root
+from stages.common import (ROOT, RUNTIME_DIR, TIMES_DIR, cli, launcher, load_section, read_json, read_params,
+                           write_json, workspace_root)
 
 # MLflow 3's UI opens an experiment with this tag on its runs table, not on the GenAI traces view.
 EXPERIMENT_KIND = "mlflow.experimentKind"
@@ -37,13 +46,22 @@ REQUIRED = {
     "metrics/augment.json": "augment",
     "metrics/alpha.json": "alpha", "metrics/train.json": "train", "metrics/evaluate.json": "evaluate",
     "plots/train/history.json": "train", "plots/evaluate/predictions.csv": "evaluate",
-    "models/train/pipeline.json": "train",
+    "models/train/pipeline.json": "train", "data/augment/train.jsonl": "augment",
+    "data/prepare/val.jsonl": "prepare", "data/prepare/test.jsonl": "prepare",
 }
+# The run's dataset inputs: name -> (file, MLflow context). train is what the model was fitted on.
+DATASETS = {"train": ("data/augment/train.jsonl", "training"), "val": ("data/prepare/val.jsonl", "validation"),
+            "test": ("data/prepare/test.jsonl", "testing")}
+LOGGED = Path(".cache/log/logged.json")  # the stage's out: see the module docstring
 
 
 @dataclass(frozen=True)
 class LogParams:
     experiment_name: str  # MLflow experiment that collects the runs of this pipeline
+    registered_model: str  # registry name of the classifier; each logged model is a new version
+    # Which runs copy the ~90 MB weights into MLflow and register a version: workspace (`dvc repro`,
+    # `dvc exp run` in the workspace), all (also queued and --temp experiments), none.
+    log_model: Literal["workspace", "all", "none"]
 
 
 def flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -115,26 +133,6 @@ def lineage_tags(root: Path, data_source: str) -> dict[str, str]:
     return tags
 
 
-def model_card(params: dict[str, Any], pipeline: dict[str, Any], test: dict[str, Any]) -> str:
-    """A short markdown summary of what was trained on what, and how it scored."""
-    keys = ["model.max_length", "tokenizer.mode", "augment.enabled", "alpha.method", "loss.gamma",
-            "loss.label_smoothing", "train.max_epochs", "train.learning_rate", "train.swa.enabled", "seed"]
-    flat = flatten(params)
-    lines = [
-        f"# Model card: {pipeline['model']['name']}", "",
-        f"- Labels: {', '.join(pipeline['labels'])}",
-        f"- Data source: {flat.get('data.source', 'unknown')}",
-        f"- Kept model: {pipeline.get('kept', 'unknown')} (of best-validation checkpoint / SWA average)", "",
-        "## Key params", "", *[f"- `{k}`: {flat[k]}" for k in keys if k in flat], "",
-        f"## Test metrics (n={test.get('n_test')})", "", "| metric | value |", "|---|---|",
-        *[f"| {k} | {test[k]:.4f} |" for k in ("accuracy", "macro_f1", "weighted_f1", "ece", "ce_loss") if k in test],
-        "", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|",
-        *[f"| {c} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |"
-          for c, m in test.get("per_class", {}).items()],
-    ]
-    return "\n".join(lines) + "\n"
-
-
 def check_inputs(root: Path) -> None:
     """Fail naming each missing input and the stage that produces it."""
     missing = [f"{path} (run `dvc repro {stage}`)" for path, stage in REQUIRED.items() if not (root / path).exists()]
@@ -171,15 +169,58 @@ def run_name(tags: dict[str, str]) -> str | None:
     return None if tags["git.commit"] == "unknown" else f"workspace@{tags['git.commit'][:7]}"
 
 
-def log_run(params: LogParams, root: Path, tracking_uri: str) -> str:
-    """Create the MLflow run from the files under `root`; return its id."""
+def log_run(params: LogParams, root: Path, tracking_uri: str) -> dict:
+    """Create the MLflow run from the files under `root`; return its id, experiment id and model version."""
     with store_lock(tracking_uri):
         return _log_run(params, root, tracking_uri)
 
 
-def _log_run(params: LogParams, root: Path, tracking_uri: str) -> str:
+def file_md5(path: Path) -> str:
+    """md5 of the file's bytes, as dvc.lock records it (the dataset digest in MLflow)."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def log_datasets(root: Path, data_source: str) -> dict[str, str]:
+    """The splits as the active run's dataset inputs (runs table: Dataset column); returns name -> digest."""
+    import mlflow
+    import pandas as pd
+
+    digests = {}
+    for name, (rel, context) in DATASETS.items():
+        path = root / rel
+        digests[name] = file_md5(path)
+        frame = pd.read_json(path, lines=True, dtype={"id": str, "text": str, "label": str})
+        with warnings.catch_warnings():  # "source can be interpreted in multiple ways": both are local files
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(frame, source=str(path), targets="label", name=name, digest=digests[name])
+        mlflow.log_input(dataset, context=context, tags={"data.source": data_source, "path": rel})
+    return digests
+
+
+def pipeline_start(root: Path, now: float) -> float:
+    """When the first stage that ran with this one began: the earliest start recorded under
+    .cache/runtime/times/ by the same launching process (one `dvc repro`); `now` if none."""
+    me = launcher()
+    starts = [t["started"] for t in map(read_json, sorted((root / TIMES_DIR).glob("*.json"))) if t.get("launcher") == me]
+    return min([now, *starts])
+
+
+def logs_model(params: LogParams, root: Path) -> bool:
+    """Whether this run copies the weights into MLflow (see LogParams.log_model)."""
+    queued = workspace_root(root) != root.resolve()  # a queued or --temp experiment's throw-away copy
+    return params.log_model == "all" or (params.log_model == "workspace" and not queued)
+
+
+def _log_run(params: LogParams, root: Path, tracking_uri: str) -> dict:
     import mlflow
 
+    from stages.mlflow_model import log_classifier, model_card
+
+    started = pipeline_start(root, time.time())
     full = read_params(root / "params.yaml")
     pipeline, history = read_json(root / "models/train/pipeline.json"), read_json(root / "plots/train/history.json")
     stage_metrics = {stage: read_json(root / f"metrics/{stage}.json")
@@ -188,30 +229,53 @@ def _log_run(params: LogParams, root: Path, tracking_uri: str) -> str:
     metrics = numeric_metrics({"test": test, **stage_metrics})
     runtime_metrics, runtime_tags = runtime_facts(root)
     mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.tracking.MlflowClient()
     experiment = mlflow.get_experiment_by_name(params.experiment_name)
     if experiment is None:
         mlflow.create_experiment(params.experiment_name, artifact_location=artifact_location(tracking_uri),
                                  tags={EXPERIMENT_KIND: "custom_model_development"})
     elif EXPERIMENT_KIND not in experiment.tags:
-        mlflow.tracking.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND,
-                                                          "custom_model_development")
-    mlflow.set_experiment(params.experiment_name)
-    tags = lineage_tags(root, str(flatten(full).get("data.source", "unknown")))
-    # Named like the row of `dvc exp show` it belongs to, so MLflow's compare view lines up with it.
-    with mlflow.start_run(run_name=run_name(tags), tags={**tags, **runtime_tags}) as active:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, "custom_model_development")
+    experiment = mlflow.set_experiment(params.experiment_name)
+    data_source = str(flatten(full).get("data.source", "unknown"))
+    tags = lineage_tags(root, data_source)
+    # Named like the row of `dvc exp show` it belongs to, so MLflow's compare view lines up with it;
+    # started when the pipeline did, so the runs table's Duration is the pipeline's (it ends with this stage).
+    created = client.create_run(experiment.experiment_id, start_time=int(started * 1000),
+                                tags={**tags, **runtime_tags}, run_name=run_name(tags))
+    with mlflow.start_run(run_id=created.info.run_id) as active:
         mlflow.log_params({metric_key(k): v for k, v in flatten(full).items()})
         mlflow.log_metrics({**metrics, **runtime_metrics})
-        mlflow.tracking.MlflowClient().log_batch(active.info.run_id, metrics=history_metrics(history))
+        client.log_batch(active.info.run_id, metrics=history_metrics(history))
+        digests = log_datasets(root, data_source)
         for path in sorted((root / "metrics").glob("*.json")):
             mlflow.log_artifact(str(path), "metrics")
         mlflow.log_artifacts(str(root / "plots"), "plots")
-        for name in ("params.yaml", "dvc.lock"):
+        for name in ("params.yaml", "dvc.lock", "models/train/pipeline.json"):
             if (root / name).exists():
                 mlflow.log_artifact(str(root / name))
-        mlflow.log_artifact(str(root / "models/train/pipeline.json"), "model")
-        mlflow.log_text(model_card(full, pipeline, test), "model_card.md")
-    print(f"log: {len(flatten(full))} params, {len(metrics)} metrics, {len(history)} epochs of curves")
-    return active.info.run_id
+        mlflow.log_text(model_card(flatten(full), pipeline, test), "model_card.md")
+        version = None
+        if logs_model(params, root):
+            example = [r["text"] for r in map(json.loads, (root / DATASETS["test"][0]).open(encoding="utf-8"))][:2]
+            info = log_classifier(root / "models/train", pipeline["labels"], example, full["evaluate"]["batch_size"],
+                                  params.registered_model, {k: tags[k] for k in ("git.commit", "dvc.lock.sha256")})
+            version = info.registered_model_version
+    print(f"log: {len(flatten(full))} params, {len(metrics)} metrics, {len(history)} epochs of curves, "
+          f"{len(digests)} datasets, model {'version ' + str(version) if version else 'not logged (log.log_model)'}")
+    write_json(root / LOGGED, {"experiment": params.experiment_name, "datasets": digests,
+                               "registered_model": params.registered_model if version else None})
+    return {"run_id": active.info.run_id, "experiment_id": experiment.experiment_id, "model_version": version}
+
+
+def ui_links(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """How to open the run: MLflow 3 opens an experiment on its traces view; its runs table is #/.../runs."""
+    if tracking_uri.startswith(("http://", "https://")):
+        base, start = tracking_uri.rstrip("/"), ""
+    else:
+        base, start = "http://127.0.0.1:5000", f"mlflow ui --backend-store-uri {tracking_uri}, then open "
+    return (f"view it: {start}{base}/#/experiments/{experiment_id}/runs/{run_id}\n"
+            f"all runs (the runs table): {base}/#/experiments/{experiment_id}/runs")
 
 
 def check_server(uri: str, root: Path, timeout: float = 10.0) -> None:
@@ -234,15 +298,15 @@ def check_server(uri: str, root: Path, timeout: float = 10.0) -> None:
 
 
 def run(params: LogParams, root: Path = ROOT, tracking_uri: str | None = None) -> dict:
-    """Log the pipeline under `root` to MLflow; returns the run id and store URI."""
+    """Log the pipeline under `root` to MLflow; returns the run id, experiment id, model version and store URI."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     check_inputs(root)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace_root(root) / 'mlflow.db'}"
     check_server(uri, root)
-    run_id = log_run(params, root, uri)
-    print(f"log: MLflow run {run_id} in experiment '{params.experiment_name}'\n"
-          f"view it: mlflow ui --backend-store-uri {uri}")
-    return {"run_id": run_id, "tracking_uri": uri}
+    result = log_run(params, root, uri)
+    print(f"log: MLflow run {result['run_id']} in experiment '{params.experiment_name}'\n"
+          + ui_links(uri, result["experiment_id"], result["run_id"]))
+    return {**result, "tracking_uri": uri}
 
 
 def main() -> None:
@@ -250,4 +314,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli("log", main)

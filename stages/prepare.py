@@ -27,7 +27,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import html
 import importlib.util
 import io
 import itertools
@@ -48,6 +47,8 @@ from stages.common import (
     Range,
     atomic_dir,
     check_ranges,
+    clean_text,
+    cli,
     load_section,
     load_seed,
     write_json,
@@ -94,11 +95,6 @@ class Columns:
     def row_id(self, i: int) -> str:
         """The id of row `i`, read back from the source (only an error message needs one)."""
         return next(itertools.islice(self.source(), int(i), None))["id"]
-
-
-def clean_text(text: str) -> str:
-    """Decode HTML entities (the drug reviews carry `&#039;`) and collapse whitespace runs."""
-    return " ".join(html.unescape(text).split())
 
 
 def text_hash(text: str) -> bytes:
@@ -430,4 +426,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli("prepare", main)

@@ -17,11 +17,11 @@ from stages.evaluate import (
     classification_metrics,
     expected_calibration_error,
     load_split,
-    predict_proba,
     predictions_csv,
     run,
     tune_bias,
 )
+from stages.classifier import Classifier
 from tiny_bert import build_tiny_bert
 
 LABELS = ["negative", "neutral", "positive"]
@@ -133,7 +133,7 @@ def test_predict_proba_keeps_input_order_despite_length_batching(trained):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model_dir, _ = trained
-    probs = predict_proba(model_dir, TEXTS, len(LABELS), max_length=16, batch_size=4)
+    probs = Classifier.load(model_dir).predict_proba(TEXTS, batch_size=4)  # max_length 16: pipeline.json
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     with torch.no_grad():

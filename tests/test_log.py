@@ -1,8 +1,10 @@
-"""Tests for stages.log: flattening, lineage tags, and a run() read back from a real sqlite MLflow store."""
+"""Tests for stages.log: flattening, lineage tags, and a run() read back from a real sqlite MLflow store
+(params, curves, datasets, the pipeline's times, the registered pyfunc model and its predictions)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -11,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.common import RUNTIME_DIR, write_json, write_text
-from stages.log import LogParams, flatten, lineage_tags, metric_key, numeric_metrics, run
+from stages.common import RUNTIME_DIR, TIMES_DIR, launcher, read_json, write_json, write_text
+from stages.log import LOGGED, LogParams, file_md5, flatten, lineage_tags, metric_key, numeric_metrics, run
+from tiny_classifier import LABELS, TEXTS, build_model_dir, write_split
 
 REPO = Path(__file__).resolve().parent.parent
 PARAMS = {
@@ -21,7 +24,8 @@ PARAMS = {
     "model": {"name": "bundled-minilm", "max_length": 128, "truncation": "head"},
     "loss": {"gamma": 2.0},
     "train": {"max_epochs": 3, "swa": {"enabled": True, "lr": 2.0e-5, "keep": "best"}},
-    "log": {"experiment_name": "unit-test"},
+    "evaluate": {"batch_size": 4},
+    "log": {"experiment_name": "unit-test", "registered_model": "tiny-clf", "log_model": "none"},
 }
 HISTORY = [
     {"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e, "val_macro_f1": 0.3 * e, "val_accuracy": 0.25 * e,
@@ -74,8 +78,13 @@ def test_lineage_tags_track_commit_and_dirty_code_but_not_results(tmp_path):
     assert lineage_tags(tmp_path, "x")["git.dirty"] == "true"
 
 
-def make_root(root):
-    """The files the log stage reads, as the upstream stages would leave them."""
+def make_root(root, model=False):
+    """The files the log stage reads, as the upstream stages would leave them; `model`: a real
+    (tiny) models/train, else only its pipeline.json (enough when no model is logged)."""
+    if model:
+        build_model_dir(root / "models/train")
+    for split in ("prepare/val", "prepare/test", "augment/train"):
+        write_split(root / f"data/{split}.jsonl")
     write_text(root / "params.yaml", yaml.safe_dump(PARAMS))
     write_text(root / "dvc.lock", "schema: '2.0'\nstages: {}\n")
     for stage in ("prepare", "tokenizer", "pretrain", "augment", "alpha"):
@@ -84,8 +93,8 @@ def make_root(root):
     write_json(root / "metrics/evaluate.json", TEST_METRICS)
     write_json(root / "plots/train/history.json", HISTORY)
     write_text(root / "plots/evaluate/predictions.csv", "id,actual,predicted,confidence\n1,negative,negative,0.9\n")
-    write_json(root / "models/train/pipeline.json", {"seed": 42, "labels": ["negative", "sci&tech"],
-                                                     "model": {"name": "bundled-minilm", "max_length": 128, "truncation": "head"},
+    write_json(root / "models/train/pipeline.json", {"seed": 42, "labels": LABELS,
+                                                     "model": {"name": "tiny", "max_length": 16, "truncation": "head"},
                                                      "loss": {}, "train": {}, "kept": "swa"})
     write_json(root / RUNTIME_DIR / "train.json", {"device": "cpu", "wall_time_s": 12.5})
     write_json(root / RUNTIME_DIR / "augment.json", {"translations": {"cached": 3, "computed": 0}})
@@ -96,9 +105,10 @@ def test_run_logs_params_curves_metrics_tags_and_artifacts(tmp_path, monkeypatch
 
     root, uri = tmp_path / "repo", f"sqlite:///{tmp_path}/store/mlflow.db"
     (tmp_path / "store").mkdir()
-    make_root(root)
+    make_root(root, model=True)
     monkeypatch.setenv("DVC_EXP_NAME", "exp-test")
-    result = run(LogParams(experiment_name="unit-test"), root=root, tracking_uri=uri)
+    log_params = LogParams("unit-test", "tiny-clf", log_model="workspace")
+    result = run(log_params, root=root, tracking_uri=uri)
     client = MlflowClient(uri)
     logged = client.get_run(result["run_id"])
     assert logged.info.status == "FINISHED"
@@ -107,7 +117,7 @@ def test_run_logs_params_curves_metrics_tags_and_artifacts(tmp_path, monkeypatch
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # UI opens on the runs table
     params = logged.data.params
     assert params["train.swa.lr"] == "2e-05" and params["seed"] == "42" and params["data.test_path"] == "None"
-    assert len([k for k in params if not k.startswith("mlflow.")]) == len(flatten(PARAMS))
+    assert sorted(k for k in params if not k.startswith("mlflow.")) == sorted(flatten(PARAMS)), params
     val_loss = client.get_metric_history(result["run_id"], "val_loss")
     assert [(m.step, m.value) for m in sorted(val_loss, key=lambda m: m.step)] == [(r["epoch"], r["val_loss"]) for r in HISTORY]
     metrics = logged.data.metrics
@@ -122,25 +132,120 @@ def test_run_logs_params_curves_metrics_tags_and_artifacts(tmp_path, monkeypatch
     assert tags["dvc.lock.sha256"] == hashlib.sha256((root / "dvc.lock").read_bytes()).hexdigest()
     assert tags["data.source"] == "drugreview"
     artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
-    assert {"metrics", "plots", "model", "params.yaml", "dvc.lock", "model_card.md"} <= artifacts
+    assert {"metrics", "plots", "pipeline.json", "params.yaml", "dvc.lock", "model_card.md"} <= artifacts
     assert {a.path for a in client.list_artifacts(result["run_id"], "plots/train")} == {"plots/train/history.json"}
     assert "metrics/evaluate.json" in {a.path for a in client.list_artifacts(result["run_id"], "metrics")}
     card = (tmp_path / "card").resolve()
     client.download_artifacts(result["run_id"], "model_card.md", str(card.parent))
     text = (card.parent / "model_card.md").read_text()
     assert "Kept model: swa" in text and "| macro_f1 | 0.5000 |" in text and "sci&tech" in text
-    again = run(LogParams(experiment_name="unit-test"), root=root, tracking_uri=uri)  # reuses the experiment
+    logged_bytes = (root / LOGGED).read_bytes()
+    again = run(log_params, root=root, tracking_uri=uri)  # reuses the experiment
     assert len(client.search_runs([logged.info.experiment_id])) == 2 and again["run_id"] != result["run_id"]
+    assert (root / LOGGED).read_bytes() == logged_bytes  # the DVC out: same inputs, same bytes (dvc.lock stays)
+    assert read_json(root / LOGGED) == {"experiment": "unit-test", "registered_model": "tiny-clf",
+                                        "datasets": {n: file_md5(root / f) for n, f in DATA.items()}}
+    assert (result["model_version"], again["model_version"]) == (1, 2)
     # Artifacts live beside the sqlite store, and the repo root gains no files.
     assert logged.info.artifact_uri.startswith((tmp_path / "store/mlruns").as_uri())
-    assert sorted(p.name for p in root.iterdir()) == [".cache", "dvc.lock", "metrics", "models", "params.yaml", "plots"]
+    assert sorted(p.name for p in root.iterdir()) == [".cache", "data", "dvc.lock", "metrics", "models", "params.yaml",
+                                                      "plots"]
+
+
+DATA = {"train": "data/augment/train.jsonl", "val": "data/prepare/val.jsonl", "test": "data/prepare/test.jsonl"}
+
+
+def test_run_inputs_are_the_three_splits_with_dvc_md5_digests_and_source(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    make_root(tmp_path)
+    result = run(LogParams("unit-test", "tiny-clf", log_model="none"), root=tmp_path,
+                 tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    logged = MlflowClient(result["tracking_uri"]).get_run(result["run_id"])
+    inputs = {d.dataset.name: d for d in logged.inputs.dataset_inputs}
+    assert set(inputs) == set(DATA)
+    for name, rel in DATA.items():
+        dataset = inputs[name].dataset
+        assert dataset.digest == file_md5(tmp_path / rel) == hashlib.md5((tmp_path / rel).read_bytes()).hexdigest()
+        assert json.loads(dataset.source)["uri"].endswith(rel) and json.loads(dataset.profile)["num_rows"] == len(TEXTS)
+        tags = {t.key: t.value for t in inputs[name].tags}
+        assert tags["data.source"] == "drugreview" and tags["path"] == rel
+    assert {t.value for d in inputs.values() for t in d.tags if t.key == "mlflow.data.context"} == {
+        "training", "validation", "testing"}
+    assert result["model_version"] is None and not logged.outputs.model_outputs  # log_model: none
+
+
+def test_run_spans_the_pipeline_from_the_first_stage_this_dvc_repro_ran(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    import time
+
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    make_root(tmp_path)
+    now = time.time()
+    # prepare ran in this `dvc repro` (same launcher) 300 s ago; alpha in an older one: not part of this run.
+    write_json(tmp_path / TIMES_DIR / "prepare.json", {"started": now - 300, "ended": now - 290, "launcher": launcher()})
+    write_json(tmp_path / TIMES_DIR / "alpha.json", {"started": now - 9000, "ended": now - 8990, "launcher": "1@1.00"})
+    result = run(LogParams("unit-test", "tiny-clf", log_model="none"), root=tmp_path,
+                 tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    info = MlflowClient(result["tracking_uri"]).get_run(result["run_id"]).info
+    assert info.start_time == int((now - 300) * 1000)
+    assert now * 1000 <= info.end_time <= time.time() * 1000 and info.status == "FINISHED"
+
+
+def test_queued_experiments_skip_the_model_unless_log_model_is_all(tmp_path, monkeypatch):
+    from stages.log import logs_model
+
+    copy = tmp_path / ".dvc/tmp/exps/tmpabc123"
+    copy.mkdir(parents=True)
+    assert logs_model(LogParams("x", "m", "workspace"), tmp_path) and not logs_model(LogParams("x", "m", "workspace"), copy)
+    assert logs_model(LogParams("x", "m", log_model="all"), copy)
+    assert not logs_model(LogParams("x", "m", log_model="none"), tmp_path)
+
+
+def test_registered_model_predicts_what_evaluate_wrote_and_carries_lineage_tags(tmp_path, monkeypatch):
+    """The registered pyfunc, loaded by URI, gives evaluate's test predictions: same labels, same confidences."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from stages.classifier import Classifier
+    from stages.evaluate import EvaluateParams
+    from stages.evaluate import run as evaluate
+
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    make_root(tmp_path, model=True)
+    write_json(tmp_path / "data/prepare/labels.json", LABELS)
+    evaluate(EvaluateParams(batch_size=4, ece_bins=10, bias_search=0.0), tmp_path / "models/train",
+             tmp_path / "data/prepare", tmp_path / "metrics/evaluate.json", tmp_path / "plots/evaluate")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = run(LogParams("unit-test", "tiny-clf", "workspace"), root=tmp_path, tracking_uri=uri)
+    version = MlflowClient(uri).get_model_version("tiny-clf", result["model_version"])
+    assert version.tags["git.commit"] == "unknown"
+    assert version.tags["dvc.lock.sha256"] == hashlib.sha256((tmp_path / "dvc.lock").read_bytes()).hexdigest()
+    assert version.run_id == result["run_id"]
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"models:/tiny-clf/{result['model_version']}")
+    assert [c.name for c in model.metadata.get_input_schema().inputs] == ["text"]
+    assert [c.name for c in model.metadata.get_output_schema().inputs] == ["predicted", *(f"prob_{c}" for c in LABELS)]
+    assert model.metadata.load_input_example() is not None
+    test = pd.read_json(tmp_path / "data/prepare/test.jsonl", lines=True)
+    got = model.predict(pd.DataFrame({"text": test["text"]}))
+    expected = pd.read_csv(tmp_path / "plots/evaluate/predictions.csv", dtype=str)
+    assert got["predicted"].tolist() == expected["predicted"].tolist()
+    assert [f"{p:.6f}" for p in got[[f"prob_{c}" for c in LABELS]].max(axis=1)] == expected["confidence"].tolist()
+    direct = Classifier.load(tmp_path / "models/train").predict_proba(test["text"].tolist(), 4)
+    np.testing.assert_array_equal(got[[f"prob_{c}" for c in LABELS]].to_numpy(), direct)  # bit for bit
+    assert len(set(got["predicted"])) > 1 and direct.std(axis=0).min() > 1e-2  # rows differ, so a shuffled order would fail above
 
 
 def test_run_names_the_missing_file_and_its_stage(tmp_path):
     make_root(tmp_path)
     (tmp_path / "metrics/train.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"metrics/train.json \(run `dvc repro train`\)"):
-        run(LogParams(experiment_name="x"), root=tmp_path, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+        run(LogParams("x", "m", log_model="none"), root=tmp_path, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     assert not (tmp_path / "mlflow.db").exists()
 
 
@@ -151,7 +256,7 @@ def test_temp_experiment_copy_logs_to_the_repository_store(tmp_path, monkeypatch
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     copy = tmp_path / ".dvc/tmp/exps/tmpabc123"
     make_root(copy)
-    result = run(LogParams(experiment_name="unit-test"), root=copy)
+    result = run(LogParams("unit-test", "m", "workspace"), root=copy)  # no model: a queued copy
     assert result["tracking_uri"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert MlflowClient(result["tracking_uri"]).get_run(result["run_id"]).info.status == "FINISHED"
     assert not (copy / "mlflow.db").exists()
@@ -227,7 +332,7 @@ def test_log_stage_against_a_real_mlflow_server(tmp_path, mlflow_server):
     curve = client.get_metric_history(run_info.info.run_id, "val_macro_f1")
     assert sorted((m.step, m.value) for m in curve) == [(r["epoch"], r["val_macro_f1"]) for r in HISTORY]
     artifacts = {a.path for a in client.list_artifacts(run_info.info.run_id)}
-    assert {"metrics", "plots", "model", "params.yaml", "dvc.lock", "model_card.md"} <= artifacts
+    assert {"metrics", "plots", "pipeline.json", "params.yaml", "dvc.lock", "model_card.md"} <= artifacts
     assert any((tmp_path / "art").rglob("model_card.md"))  # uploaded through the server
 
 
@@ -238,7 +343,7 @@ def test_unreachable_tracking_server_fails_fast_naming_uri_and_fallback(tmp_path
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     start = time.monotonic()
     with pytest.raises(ConnectionError, match=rf"MLFLOW_TRACKING_URI={uri} .*unset MLFLOW_TRACKING_URI"):
-        run(LogParams(experiment_name="x"), root=tmp_path, tracking_uri=uri)
+        run(LogParams("x", "m", log_model="none"), root=tmp_path, tracking_uri=uri)
     assert time.monotonic() - start < 30
 
 

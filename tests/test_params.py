@@ -88,6 +88,8 @@ BAD = {
     "evaluate.ece_bins": (1, r"evaluate.ece_bins: 1 is out of range, allowed >= 2"),
     "evaluate.bias_search": (-1, r"evaluate.bias_search: -1.0 is out of range, allowed >= 0"),
     "log.experiment_name": (7, r"log.experiment_name: expected str, got 7"),
+    "log.registered_model": (None, r"log.registered_model: expected str, got None"),
+    "log.log_model": ("queued", r"log.log_model: 'queued' is not one of \['workspace', 'all', 'none'\]"),
 }
 
 
