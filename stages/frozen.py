@@ -60,8 +60,13 @@ class FrozenBottom:
         self.base, self.holder = _stack(model)
         self.embeddings = self.base.embeddings
         self.layers = list(self.holder.layer)
-        for module in [self.embeddings, *self.layers[:n]]:
+        # The whole encoder is frozen but its top layers: what it shares between layers (MPNet's relative
+        # position bias) feeds the frozen ones too, and training it would make the cached states stale.
+        for module in [self.embeddings, self.holder]:
             module.requires_grad_(False)
+        for layer in self.layers[n:]:
+            layer.requires_grad_(True)
+        for module in [self.embeddings, *self.layers[:n]]:
             for dropout in (m for m in module.modules() if isinstance(m, nn.Dropout)):
                 dropout.p = 0.0  # a fixed function of the text, in train mode too (model.cache_frozen: false)
 

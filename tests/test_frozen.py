@@ -51,6 +51,26 @@ def test_top_on_cached_states_equals_full_model(tmp_path, arch, n):
     torch.testing.assert_close(_full_logits(frozen.full(), TEXT_IDS), want)  # full() restores the model
 
 
+@pytest.mark.parametrize("arch", ["bert", "mpnet"])
+def test_the_cache_stays_valid_after_training_the_top(tmp_path, arch):
+    """A step on everything the top trains must leave the frozen part's output unchanged (MPNet shares a
+    relative position bias between all its layers: training it would make every cached state stale)."""
+    model = _tiny_mpnet() if arch == "mpnet" else _tiny_bert(tmp_path)
+    frozen = FrozenBottom(model, 2)
+    states = frozen.encode(TEXT_IDS, 4, torch.device("cpu"))
+    top = frozen.top().train()
+    batch = collate([{"inputs_embeds": s, "labels": i % 3} for i, s in enumerate(states)])
+    top(**batch).loss.backward()
+    with torch.no_grad():
+        for p in top.parameters():
+            if p.grad is not None:
+                p -= 0.5 * p.grad.sign()
+    top.eval()
+    with torch.no_grad():
+        got = top(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(got, _full_logits(frozen.full().eval(), TEXT_IDS), atol=1e-5, rtol=1e-5)
+
+
 def test_top_trains_only_unfrozen_parameters(tmp_path):
     model = _tiny_bert(tmp_path)
     frozen = FrozenBottom(model, 2)
