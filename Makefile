@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install mpnet repro test report grid bench clean-venv
+.PHONY: install mpnet repro test predict report grid bench clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ report: install
 # Table + figure of finished experiments (queue them first: README, "Compare and CI").
 grid: install
 	$(BIN)/python -m tools.grid $(if $(REV),--rev '$(REV)')
+
+# Batch predictions with models/train (or MODEL=models:/text-classifier/<version>): README, "Use the model".
+predict: install
+	$(if $(INPUT),,$(error usage: make predict INPUT=file.csv|file.jsonl [OUTPUT=preds.csv] [MODEL=models:/<name>/<version>]))
+	$(BIN)/python -m tools.predict '$(INPUT)' --output '$(or $(OUTPUT),preds.csv)' $(if $(MODEL),--model '$(MODEL)')
 
 bench: install
 	$(BIN)/python bench/stage_resources.py
