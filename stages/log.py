@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -28,7 +29,6 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -49,9 +49,6 @@ REQUIRED = {
     "models/train/pipeline.json": "train", "data/augment/train.jsonl": "augment",
     "data/prepare/val.jsonl": "prepare", "data/prepare/test.jsonl": "prepare",
 }
-# The run's dataset inputs: name -> (file, MLflow context). train is what the model was fitted on.
-DATASETS = {"train": ("data/augment/train.jsonl", "training"), "val": ("data/prepare/val.jsonl", "validation"),
-            "test": ("data/prepare/test.jsonl", "testing")}
 LOGGED = Path(".cache/log/logged.json")  # the stage's out: see the module docstring
 
 
@@ -175,32 +172,6 @@ def log_run(params: LogParams, root: Path, tracking_uri: str) -> dict:
         return _log_run(params, root, tracking_uri)
 
 
-def file_md5(path: Path) -> str:
-    """md5 of the file's bytes, as dvc.lock records it (the dataset digest in MLflow)."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def log_datasets(root: Path, data_source: str) -> dict[str, str]:
-    """The splits as the active run's dataset inputs (runs table: Dataset column); returns name -> digest."""
-    import mlflow
-    import pandas as pd
-
-    digests = {}
-    for name, (rel, context) in DATASETS.items():
-        path = root / rel
-        digests[name] = file_md5(path)
-        frame = pd.read_json(path, lines=True, dtype={"id": str, "text": str, "label": str})
-        with warnings.catch_warnings():  # "source can be interpreted in multiple ways": both are local files
-            warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(frame, source=str(path), targets="label", name=name, digest=digests[name])
-        mlflow.log_input(dataset, context=context, tags={"data.source": data_source, "path": rel})
-    return digests
-
-
 def pipeline_start(root: Path, now: float) -> float:
     """When the first stage that ran with this one began: the earliest start recorded under
     .cache/runtime/times/ by the same launching process (one `dvc repro`); `now` if none."""
@@ -215,10 +186,39 @@ def logs_model(params: LogParams, root: Path) -> bool:
     return params.log_model == "all" or (params.log_model == "workspace" and not queued)
 
 
+def ensure_experiment(name: str, tracking_uri: str) -> Any:
+    """The MLflow experiment `name`, created with its artifacts beside a sqlite store, tagged to open on its runs."""
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        mlflow.create_experiment(name, artifact_location=artifact_location(tracking_uri),
+                                 tags={EXPERIMENT_KIND: "custom_model_development"})
+    elif EXPERIMENT_KIND not in experiment.tags:
+        mlflow.tracking.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND,
+                                                          "custom_model_development")
+    return mlflow.set_experiment(name)
+
+
+def log_files(root: Path, full: dict[str, Any], pipeline: dict[str, Any], test: dict[str, Any]) -> None:
+    """The active run's artifacts: metrics, plots, params, dvc.lock, pipeline.json and the model card."""
+    import mlflow
+
+    from stages.mlflow_model import model_card
+
+    for path in sorted((root / "metrics").glob("*.json")):
+        mlflow.log_artifact(str(path), "metrics")
+    mlflow.log_artifacts(str(root / "plots"), "plots")
+    for name in ("params.yaml", "dvc.lock", "models/train/pipeline.json"):
+        if (root / name).exists():
+            mlflow.log_artifact(str(root / name))
+    mlflow.log_text(model_card(flatten(full), pipeline, test), "model_card.md")
+
+
 def _log_run(params: LogParams, root: Path, tracking_uri: str) -> dict:
     import mlflow
 
-    from stages.mlflow_model import log_classifier, model_card
+    from stages.mlflow_model import DATASETS, log_classifier, log_datasets
 
     started = pipeline_start(root, time.time())
     full = read_params(root / "params.yaml")
@@ -229,18 +229,12 @@ def _log_run(params: LogParams, root: Path, tracking_uri: str) -> dict:
     metrics = numeric_metrics({"test": test, **stage_metrics})
     runtime_metrics, runtime_tags = runtime_facts(root)
     mlflow.set_tracking_uri(tracking_uri)
-    client = mlflow.tracking.MlflowClient()
-    experiment = mlflow.get_experiment_by_name(params.experiment_name)
-    if experiment is None:
-        mlflow.create_experiment(params.experiment_name, artifact_location=artifact_location(tracking_uri),
-                                 tags={EXPERIMENT_KIND: "custom_model_development"})
-    elif EXPERIMENT_KIND not in experiment.tags:
-        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, "custom_model_development")
-    experiment = mlflow.set_experiment(params.experiment_name)
+    experiment = ensure_experiment(params.experiment_name, tracking_uri)
     data_source = str(flatten(full).get("data.source", "unknown"))
     tags = lineage_tags(root, data_source)
     # Named like the row of `dvc exp show` it belongs to, so MLflow's compare view lines up with it;
     # started when the pipeline did, so the runs table's Duration is the pipeline's (it ends with this stage).
+    client = mlflow.tracking.MlflowClient()
     created = client.create_run(experiment.experiment_id, start_time=int(started * 1000),
                                 tags={**tags, **runtime_tags}, run_name=run_name(tags))
     with mlflow.start_run(run_id=created.info.run_id) as active:
@@ -248,16 +242,11 @@ def _log_run(params: LogParams, root: Path, tracking_uri: str) -> dict:
         mlflow.log_metrics({**metrics, **runtime_metrics})
         client.log_batch(active.info.run_id, metrics=history_metrics(history))
         digests = log_datasets(root, data_source)
-        for path in sorted((root / "metrics").glob("*.json")):
-            mlflow.log_artifact(str(path), "metrics")
-        mlflow.log_artifacts(str(root / "plots"), "plots")
-        for name in ("params.yaml", "dvc.lock", "models/train/pipeline.json"):
-            if (root / name).exists():
-                mlflow.log_artifact(str(root / name))
-        mlflow.log_text(model_card(flatten(full), pipeline, test), "model_card.md")
+        log_files(root, full, pipeline, test)
         version = None
         if logs_model(params, root):
-            example = [r["text"] for r in map(json.loads, (root / DATASETS["test"][0]).open(encoding="utf-8"))][:2]
+            with open(root / DATASETS["test"][0], encoding="utf-8") as f:
+                example = [json.loads(line)["text"] for line in itertools.islice(f, 2)]
             info = log_classifier(root / "models/train", pipeline["labels"], example, full["evaluate"]["batch_size"],
                                   params.registered_model, {k: tags[k] for k in ("git.commit", "dvc.lock.sha256")})
             version = info.registered_model_version

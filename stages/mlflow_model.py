@@ -8,12 +8,15 @@ dir as an artifact and this package's code (code_paths), so it loads and serves 
 repository too: `mlflow models predict -m models:/<name>/<version> -i texts.csv -t csv --env-manager local`,
 `mlflow models serve -m ... --env-manager local`.
 
-Used by stages/log.py (log + register) and tools/predict.py (an MLflow model URI instead of a dir).
+Also the data it was made from, as the run's dataset inputs (log_datasets). Used by stages/log.py
+(log + register) and tools/predict.py (an MLflow model URI instead of a dir).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,9 @@ import pandas as pd
 
 from stages.classifier import Classifier, clean_texts, prob_columns
 
+# The run's dataset inputs: name -> (file, MLflow context). train is what the model was fitted on.
+DATASETS = {"train": ("data/augment/train.jsonl", "training"), "val": ("data/prepare/val.jsonl", "validation"),
+            "test": ("data/prepare/test.jsonl", "testing")}
 TEXT = "text"  # the input column of the MLflow model
 # What loading and serving the model imports; pinned to the versions that trained and logged it.
 REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "sentencepiece", "protobuf", "numpy", "pandas",
@@ -103,6 +109,32 @@ def log_classifier(model_dir: Path, labels: list[str], example: list[str], batch
         for key, value in tags.items():
             client.set_model_version_tag(registered_model, info.registered_model_version, key, value)
     return info
+
+
+def file_md5(path: Path) -> str:
+    """md5 of the file's bytes, as dvc.lock records it (the dataset digest in MLflow)."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def log_datasets(root: Path, data_source: str) -> dict[str, str]:
+    """The splits as the active run's dataset inputs (runs table: Dataset column); returns name -> digest."""
+    import mlflow
+    import pandas as pd
+
+    digests = {}
+    for name, (rel, context) in DATASETS.items():
+        path = root / rel
+        digests[name] = file_md5(path)
+        frame = pd.read_json(path, lines=True, dtype={"id": str, "text": str, "label": str})
+        with warnings.catch_warnings():  # "source can be interpreted in multiple ways": both are local files
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(frame, source=str(path), targets="label", name=name, digest=digests[name])
+        mlflow.log_input(dataset, context=context, tags={"data.source": data_source, "path": rel})
+    return digests
 
 
 def load(uri: str) -> Classifier:

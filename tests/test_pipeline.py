@@ -179,6 +179,7 @@ def test_dvc_repro_end_to_end_on_tiny_profile(tmp_path):
     sh(root, "git", "add", "-A")
     sh(root, "git", "commit", "-qm", "tiny baseline")
     assert sh(root, "git", "status", "--porcelain") == ""
+    assert_fresh_clone_logs_one_run(root, tmp_path / "clone")
     # The user's data file is tracked: editing it makes prepare (and all after it) stale.
     with open(root / "data/raw/tiny.csv", "a", encoding="utf-8") as f:
         f.write('"one more mild review",neutral\n')
@@ -210,6 +211,27 @@ def test_dvc_repro_end_to_end_on_tiny_profile(tmp_path):
     # Everything above ran with outbound sockets refused, and nothing even tried to connect.
     log = tmp_path / "offline.log"
     assert not log.exists() or log.read_text() == "", log.read_text()
+
+
+def assert_fresh_clone_logs_one_run(root: Path, clone: Path) -> None:
+    """A fresh clone's `dvc repro` rebuilds every output byte for byte, and still logs an MLflow run (the
+    log stage's git-ignored out is missing there) with the registered model, the datasets and the
+    pipeline's real duration; dvc.lock and `git status` stay clean; the next `dvc repro` logs nothing."""
+    from mlflow.tracking import MlflowClient
+
+    sh(root.parent, "git", "clone", "-q", str(root), str(clone))
+    assert ran_stages(sh(clone, "dvc", "repro")) == STAGES
+    assert sh(clone, "git", "status", "--porcelain") == ""  # same dvc.lock: the log out has the same bytes
+    assert ran_stages(sh(clone, "dvc", "repro")) == []
+    client = MlflowClient(f"sqlite:///{clone / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("text-classification").experiment_id])
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"train", "val", "test"}
+    times = {p.stem: common.read_json(p) for p in (clone / common.TIMES_DIR).glob("*.json")}
+    assert {"prepare", "augment", "alpha", "evaluate", "log"} <= set(times)  # every stage run through common.cli
+    assert run.info.start_time == int(times["prepare"]["started"] * 1000)  # the pipeline's start, not log's
+    assert run.info.end_time >= times["evaluate"]["ended"] * 1000
+    (version,) = client.search_model_versions("name='text-classifier'")
+    assert version.run_id == run.info.run_id and version.tags["git.commit"] == sh(clone, "git", "rev-parse", "HEAD").strip()
 
 
 COMMITTED = ["dvc.lock", "metrics", "plots"]  # what a user commits to git after `dvc repro`

@@ -14,7 +14,7 @@ The file is streamed in chunks of CHUNK_ROWS rows (sorted by length inside a chu
 does not grow with it. The output is written to a temp file and renamed at the end: a bad row
 (missing column, blank text, not UTF-8, not JSON) stops the run with one message naming it, and
 nothing is written. Several processes or GPUs: split the file (`split -l`), run one process per
-part (`CUDA_VISIBLE_DEVICES=i`), concatenate the outputs.
+part (`CUDA_VISIBLE_DEVICES=i`, or `--threads 1` per process on a CPU), concatenate the outputs.
 """
 
 from __future__ import annotations
@@ -126,7 +126,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="the column holding the text (default: data.text_column in params.yaml)")
     parser.add_argument("--batch-size", type=int, default=params["evaluate"]["batch_size"],
                         help="texts per forward pass (default: evaluate.batch_size); memory, not results")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core); 1 when "
+                        "several processes share the cores")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     next(iter(read_records(args.input, args.text_column)), None)  # a wrong file fails before the model loads
     transformers_logging.disable_progress_bar()  # "Loading weights" bars: noise around the one that counts
     classifier = load_model(args.model)
