@@ -125,6 +125,14 @@ def test_cli_writes_predictions_and_fails_with_one_clean_line(tmp_path, model_di
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "no column 'text'" in debug.stderr
 
 
+def test_a_missing_model_dir_fails_saying_how_to_make_it(tmp_path):
+    good = write_csv(tmp_path / "good.csv", ["text"], [["fine"]])
+    done = run_cli(str(good), "--output", str(tmp_path / "p.csv"), "--model", str(tmp_path / "models/train"))
+    assert done.returncode == 1 and not (tmp_path / "p.csv").exists()
+    assert done.stderr.splitlines()[-1].startswith(f"predict: error: {tmp_path}/models/train/pipeline.json is missing")
+    assert "dvc repro train" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_model_can_be_an_mlflow_model_uri(tmp_path, model_dir, classifier):
     import mlflow
 

@@ -105,9 +105,8 @@ def predict_file(classifier: Classifier, source: Path, output: Path, text_column
 
 def load_model(spec: str) -> Classifier:
     """A models/train-style dir, or an MLflow model URI (models:/..., runs:/..., a logged model's dir)."""
-    path = Path(spec)
-    if path.is_dir() and (path / "pipeline.json").is_file():
-        return Classifier.load(path)
+    if ":/" not in spec and not (Path(spec) / "MLmodel").is_file():  # not models:/..., runs:/..., file:/...
+        return Classifier.load(Path(spec))  # a missing dir fails naming it and how to make it
     from stages import mlflow_model
 
     return mlflow_model.load(spec)
