@@ -79,10 +79,14 @@ def load() -> list[dict]:
 
 
 def save(rows: list[dict]) -> None:
+    """The rows, and their table as markdown beside them (what README.md and BENCHMARKS.md quote)."""
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rows, indent=2) + "\n")
-    tmp.replace(RESULTS)
+    md = (f"<!-- written by bench/encoder.py from {RESULTS.name}; commits "
+          f"{', '.join(sorted({r['commit'][:7] for r in rows}))} -->\n{table(rows)}\n")
+    for path, text in ((RESULTS, json.dumps(rows, indent=2) + "\n"), (RESULTS.with_suffix(".md"), md)):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
 
 
 def mean_std(values: list[float]) -> str:

@@ -259,4 +259,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    common.cli("tokenizer", main)
