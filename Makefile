@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install mpnet repro test predict report grid bench clean-venv
+.PHONY: install mpnet repro test predict report grid bench tables clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ grid: install
 predict: install
 	$(if $(INPUT),,$(error usage: make predict INPUT=file.csv|file.jsonl [OUTPUT=preds.csv] [MODEL=models:/<name>/<version>]))
 	$(BIN)/python -m tools.predict '$(INPUT)' --output '$(or $(OUTPUT),preds.csv)' $(if $(MODEL),--model '$(MODEL)')
+
+# Rewrite the marked tables of README.md and BENCHMARKS.md from bench/results/*.md (tests check they agree).
+tables: install
+	$(BIN)/python -m tools.tables
 
 bench: install
 	$(BIN)/python bench/stage_resources.py
