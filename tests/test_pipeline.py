@@ -220,16 +220,17 @@ def assert_fresh_clone_logs_one_run(root: Path, clone: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     sh(root.parent, "git", "clone", "-q", str(root), str(clone))
-    assert ran_stages(sh(clone, "dvc", "repro")) == STAGES
+    # train rebuilds models/train byte for byte, so evaluate (outputs in git) is skipped; log is not.
+    assert ran_stages(sh(clone, "dvc", "repro")) == [s for s in STAGES if s != "evaluate"]
     assert sh(clone, "git", "status", "--porcelain") == ""  # same dvc.lock: the log out has the same bytes
     assert ran_stages(sh(clone, "dvc", "repro")) == []
     client = MlflowClient(f"sqlite:///{clone / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("text-classification").experiment_id])
     assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"train", "val", "test"}
     times = {p.stem: common.read_json(p) for p in (clone / common.TIMES_DIR).glob("*.json")}
-    assert {"prepare", "augment", "alpha", "evaluate", "log"} <= set(times)  # every stage run through common.cli
+    assert {"prepare", "augment", "alpha", "log"} <= set(times)  # the stages run through common.cli
     assert run.info.start_time == int(times["prepare"]["started"] * 1000)  # the pipeline's start, not log's
-    assert run.info.end_time >= times["evaluate"]["ended"] * 1000
+    assert run.info.end_time >= times["alpha"]["ended"] * 1000
     (version,) = client.search_model_versions("name='text-classifier'")
     assert version.run_id == run.info.run_id and version.tags["git.commit"] == sh(clone, "git", "rev-parse", "HEAD").strip()
 
