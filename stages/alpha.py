@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Annotated, Iterable, Literal
 
 from stages import common
+from stages.cli import cli
 
 
 @dataclass(frozen=True)
@@ -87,4 +88,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    common.cli("alpha", main)
+    cli("alpha", main)

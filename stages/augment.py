@@ -42,6 +42,7 @@ from typing import Annotated, Any, Callable, Iterator, Literal
 from tqdm import tqdm
 
 from stages import common
+from stages.cli import cli
 
 DROP_REASONS = ("empty", "identical", "length_ratio", "duplicate")
 CACHE_VERSION = 1  # part of every cache key: bump it when split_sentences or the rejoining changes
@@ -428,4 +429,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    common.cli("augment", main)
+    cli("augment", main)

@@ -1,4 +1,4 @@
-"""Shared plumbing for the stages: paths, typed params, seeding, atomic writes, the command-line entry.
+"""Shared plumbing for the stages: paths, typed params, seeding, atomic writes, tokenization.
 
 Every stage reads its own params section through `load_section`, which turns the
 YAML mapping into a frozen dataclass and fails on unknown or mistyped keys, so a
@@ -11,13 +11,10 @@ import contextlib
 import dataclasses
 import html
 import json
-import linecache
 import os
 import random
 import shutil
-import sys
 import tempfile
-import time
 import types
 import typing
 from pathlib import Path
@@ -338,50 +335,3 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int, truncation: str)
 def as_dict(params: Any) -> dict[str, Any]:
     """A params dataclass as a plain dict (for saving next to outputs)."""
     return dataclasses.asdict(params)
-
-
-# ---------------------------------------------------------------- the stages' command-line entry
-DEBUG_ENV = "PIPELINE_DEBUG"  # PIPELINE_DEBUG=1: a user error shows its traceback too
-CODE_DIRS = {Path(__file__).resolve().parent, Path(__file__).resolve().parent.parent / "tools"}
-# When each stage started and ended, and which process launched it (the `dvc repro` that runs
-# them all): the log stage gives its MLflow run the pipeline's real start and end from these.
-TIMES_DIR = RUNTIME_DIR / "times"
-
-
-def launcher() -> str:
-    """The parent process, as pid + start time (pids are reused): one id per `dvc repro` / `dvc exp run`."""
-    import psutil
-
-    parent = psutil.Process(os.getppid())
-    return f"{parent.pid}@{parent.create_time():.2f}"
-
-
-def is_user_error(err: BaseException) -> bool:
-    """A ValueError/OSError raised on purpose by this project (a `raise` in stages/ or tools/, or a file it
-    could not open): bad params or data, whose message says how to fix it. Anything raised inside a
-    library, or another type, is unexpected and keeps its traceback."""
-    if not isinstance(err, (ValueError, OSError)) or err.__traceback__ is None:
-        return False
-    tb = err.__traceback__
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    path = Path(tb.tb_frame.f_code.co_filename)
-    if path.parent not in CODE_DIRS:
-        return False
-    return isinstance(err, OSError) or linecache.getline(str(path), tb.tb_lineno).lstrip().startswith("raise")
-
-
-def cli(stage: str, main: typing.Callable[[], Any]) -> None:
-    """Run `main` as the command `python -m stages.<stage>`: a user error prints one
-    `<stage>: error: ...` line and exits 1 (the traceback with PIPELINE_DEBUG=1). On success under
-    DVC (which sets DVC_STAGE), the stage's start and end go to .cache/runtime/times/<stage>.json."""
-    started = time.time()
-    try:
-        main()
-    except (ValueError, OSError) as err:
-        if os.environ.get(DEBUG_ENV) or not is_user_error(err):
-            raise
-        sys.exit(f"{stage}: error: {str(err).removeprefix(f'{stage}: ')} ({DEBUG_ENV}=1 shows the traceback)")
-    if "DVC_STAGE" in os.environ and "LOCAL_RANK" not in os.environ:  # torchrun: its launcher records it
-        write_json(ROOT / TIMES_DIR / f"{stage}.json", {"started": started, "ended": time.time(),
-                                                        "launcher": launcher()})

@@ -22,12 +22,12 @@ from typing import Annotated
 import numpy as np
 
 from stages.classifier import Classifier
+from stages.cli import cli
 from stages.common import (
     AT_LEAST_1,
     ROOT,
     Range,
     check_ranges,
-    cli,
     load_section,
     read_json,
     read_rows,

@@ -6,7 +6,7 @@ Outputs: one MLflow run in the store at $MLFLOW_TRACKING_URI, else sqlite:///<re
          (artifacts beside a sqlite store, in <its dir>/mlruns), with the classifier as a pyfunc
          model (stages/mlflow_model.py) registered as a new version of `log.registered_model`, the
          three splits as dataset inputs (digest = the file's md5, as in dvc.lock) and the pipeline's
-         real start and end (.cache/runtime/times/, written by common.cli for each stage).
+         real start and end (.cache/runtime/times/, written by stages/cli.py for each stage).
          Queued and --temp experiments log to the repository's store too (common.workspace_root),
          under the DVC experiment's name; runs that log at once take turns on a sqlite store.
          Runtime facts (.cache/runtime/*.json: wall times, device, cache hits) go to MLflow only.
@@ -35,8 +35,8 @@ from typing import Any, Literal
 
 from filelock import FileLock
 
-from stages.common import (ROOT, RUNTIME_DIR, TIMES_DIR, cli, launcher, load_section, read_json, read_params,
-                           write_json, workspace_root)
+from stages.cli import TIMES_DIR, cli, launcher
+from stages.common import ROOT, RUNTIME_DIR, load_section, read_json, read_params, write_json, workspace_root
 
 # MLflow 3's UI opens an experiment with this tag on its runs table, not on the GenAI traces view.
 EXPERIMENT_KIND = "mlflow.experimentKind"

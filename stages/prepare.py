@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from stages.cli import cli
 from stages.common import (
     FRACTION,
     ROOT,
@@ -48,7 +49,6 @@ from stages.common import (
     atomic_dir,
     check_ranges,
     clean_text,
-    cli,
     load_section,
     load_seed,
     write_json,

@@ -42,6 +42,7 @@ from transformers import (
 )
 
 from stages import common
+from stages.cli import cli
 from stages.encoder import ModelParams, device_args, load_encoder
 
 
@@ -202,4 +203,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    common.cli("pretrain", main)
+    cli("pretrain", main)

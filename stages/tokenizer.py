@@ -36,6 +36,7 @@ from transformers import AddedToken, AutoTokenizer, PreTrainedTokenizerFast
 from transformers.tokenization_utils_base import generate_merges
 
 from stages import common
+from stages.cli import cli
 
 # BERT's special tokens; spm gives them ids 0-4 in this order (the BERT WordPiece order)
 SPECIALS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
@@ -259,4 +260,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    common.cli("tokenizer", main)
+    cli("tokenizer", main)

@@ -38,6 +38,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, EarlyStoppingCallback
 
 from stages import common
+from stages.cli import cli
 from stages.encoder import ModelParams, load_encoder, resolve_device
 from stages.focal_loss import LossParams
 from stages.frozen import CachedDataset, FrozenBottom, collate
@@ -294,4 +295,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    common.cli("train", main)
+    cli("train", main)

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.common import RUNTIME_DIR, TIMES_DIR, launcher, read_json, write_json, write_text
+from stages.cli import TIMES_DIR, launcher
+from stages.common import RUNTIME_DIR, read_json, write_json, write_text
 from stages.log import LOGGED, LogParams, flatten, lineage_tags, metric_key, numeric_metrics, run
 from stages.mlflow_model import file_md5
 from tiny_classifier import LABELS, TEXTS, build_model_dir, write_split

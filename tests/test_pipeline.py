@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import common
+from stages import cli, common
 
 REPO = Path(__file__).resolve().parent.parent
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
@@ -227,8 +227,8 @@ def assert_fresh_clone_logs_one_run(root: Path, clone: Path) -> None:
     client = MlflowClient(f"sqlite:///{clone / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("text-classification").experiment_id])
     assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"train", "val", "test"}
-    times = {p.stem: common.read_json(p) for p in (clone / common.TIMES_DIR).glob("*.json")}
-    assert set(times) == {s for s in STAGES if s != "evaluate"}  # every stage that ran, through common.cli
+    times = {p.stem: common.read_json(p) for p in (clone / cli.TIMES_DIR).glob("*.json")}
+    assert set(times) == {s for s in STAGES if s != "evaluate"}  # every stage that ran, through stages/cli.py
     assert run.info.start_time == int(times["prepare"]["started"] * 1000)  # the pipeline's start, not log's
     assert run.info.end_time >= times["train"]["ended"] * 1000
     (version,) = client.search_model_versions("name='text-classifier'")

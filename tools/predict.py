@@ -30,7 +30,8 @@ from typing import Iterator
 import numpy as np
 
 from stages.classifier import Classifier, clean_texts, prob_columns
-from stages.common import ROOT, atomic_file, cli, read_params
+from stages.cli import cli
+from stages.common import ROOT, atomic_file, read_params
 
 CHUNK_ROWS = 4096  # rows held at a time; a multiple of any usual batch size
 ID = "id"
