@@ -66,11 +66,8 @@ def resolve(name: str, root: Path = common.ROOT) -> str:
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def check_wheels(wheel_dir: Path, pinned: dict[str, str]) -> list[Path]:

@@ -113,11 +113,8 @@ def log_classifier(model_dir: Path, labels: list[str], example: list[str], batch
 
 def file_md5(path: Path) -> str:
     """md5 of the file's bytes, as dvc.lock records it (the dataset digest in MLflow)."""
-    digest = hashlib.md5()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def log_datasets(root: Path, data_source: str) -> dict[str, str]:
