@@ -51,6 +51,9 @@ def git(repo: Path, *args: str) -> str:
 def run_pipeline(repo: Path, profile: str, seed: int) -> dict:
     """One forced experiment run in `repo`; its metrics and resources as one results row."""
     fresh = not (repo / ".cache/augment").exists()
+    # `dvc exp run` leaves the last experiment's params in the workspace, and -S applies on top of them:
+    # every profile starts from the committed params.yaml.
+    git(repo, "checkout", "HEAD", "--", "params.yaml")
     sets = [f"seed={seed}", *PROFILES[profile]]
     cmd = ["dvc", "exp", "run", "--force", "-n", f"enc-{profile}-s{seed}", *[a for s in sets for a in ("-S", s)]]
     start = time.perf_counter()
@@ -62,10 +65,11 @@ def run_pipeline(repo: Path, profile: str, seed: int) -> dict:
     test = json.loads((repo / "metrics/evaluate.json").read_text())
     runtime = {p.stem: json.loads(p.read_text()) for p in (repo / ".cache/runtime").glob("*.json")}
     kept = train["swa"] if train["kept"] == "swa" else train["best"]
+    model = json.loads((repo / "models/train/pipeline.json").read_text())["model"]  # what the run really used
     return {
         "profile": profile, "seed": seed, "overrides": sets, "commit": git(repo, "rev-parse", "HEAD"),
         "date": datetime.date.today().isoformat(), "command": " ".join(cmd), "device": platform.processor() or "cpu",
-        "fresh_translation_cache": fresh, "wall_s": round(wall, 1), "peak_mib": round(peak_mib),
+        "model": model, "fresh_translation_cache": fresh, "wall_s": round(wall, 1), "peak_mib": round(peak_mib),
         "train_wall_s": runtime.get("train", {}).get("wall_time_s"),
         "val_macro_f1": kept["val_macro_f1"], "val_ce_loss": kept["val_ce_loss"],
         "epochs_run": train["epochs_run"], "best_epoch": train["best"]["epoch"], "kept": train["kept"],
