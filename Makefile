@@ -40,7 +40,8 @@ test: install
 	$(BIN)/python -m pytest
 	$(BIN)/python -m pytest -m slow
 
-# Compare the workspace with BASE (default: merge-base with main; HEAD~1 on main) as markdown.
+# Compare the workspace with BASE (default: merge-base with main; on main, HEAD~1 when the workspace
+# is clean, HEAD when it has uncommitted changes, e.g. an applied `dvc exp run`) as markdown.
 # FAIL_ON_DROP=0.02 exits non-zero when test macro-F1 drops by more; REPORT=file also writes it there.
 report: install
 	$(BIN)/python -m tools.report $(if $(BASE),--base '$(BASE)') $(if $(FAIL_ON_DROP),--fail-on-drop $(FAIL_ON_DROP)) $(if $(REPORT),--output '$(REPORT)')

@@ -51,6 +51,24 @@ def test_no_change_on_main_says_so_against_previous_commit(repo):
     assert "No params changes." in text and "No metric changes." in text and passed
 
 
+def test_dirty_workspace_on_main_is_compared_with_head_not_the_previous_commit(tmp_path):
+    """After `dvc exp run` applies gamma 3 on top of a committed gamma 1, the report shows 1 -> 3, not 2 -> 3."""
+    root = init_repo(tmp_path / "repo")  # gamma 2, macro-F1 0.55
+    set_params(root, loss={"gamma": 1.0})  # macro-F1 0.45
+    commit(root, "gamma 1")
+    set_params(root, loss={"gamma": 3.0})  # macro-F1 0.65, uncommitted
+    text, _ = report.report(None, None, None, root=root)
+    head = sh(root, "git", "rev-parse", "--short", "HEAD").strip()
+    assert f"workspace vs `{head}` (HEAD, the last commit on main; the workspace has uncommitted changes)" in text
+    assert "| `loss.gamma` | 1.0000 | 3.0000 |" in text
+    assert "| macro_f1 | 0.4500 | 0.6500 | +0.2000 🟢 |" in text
+    # A named revision is not the workspace: its default base stays the previous commit.
+    assert "(HEAD~1, the previous commit on main)" in report.report(None, "main", None, root=root)[0]
+    commit(root, "gamma 3")  # clean again: the last commit's own change is what there is to compare
+    text, _ = report.report(None, None, None, root=root)
+    assert "(HEAD~1, the previous commit on main)" in text and "| `loss.gamma` | 1.0000 | 3.0000 |" in text
+
+
 def test_gate_fails_on_a_drop_larger_than_allowed_and_passes_otherwise(branch, capsys):
     assert report.report(None, None, 0.02, root=branch)[1] is False
     assert report.report(None, None, 0.2, root=branch)[1] is True

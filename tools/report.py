@@ -3,7 +3,9 @@
 `dvc params diff` and `dvc metrics diff` of the workspace (or `--rev`) against a base
 revision become readable tables: the test metrics with deltas, per-class test F1 with
 deltas, every other changed metric, every changed param, and the plots to look at. The
-base defaults to the merge-base with `main` (`HEAD~1` on `main` itself). In a shallow
+base defaults to the merge-base with `main`; on `main` itself it is `HEAD~1` when the
+workspace is clean and `HEAD` when tracked files have uncommitted changes (e.g. right after
+`dvc exp run` applied an experiment), so only the workspace's own changes show. In a shallow
 clone the base is fetched when possible, and the report says so plainly when it is not.
 
 Gate: `--fail-on-drop 0.02` exits 1 when test macro-F1 drops by more than 0.02. CPU runs
@@ -171,12 +173,21 @@ def fetch_for(rev: str | None, root: Path) -> str:
     return "fetched from origin" if done.returncode == 0 else f"`git {' '.join(args)}` failed: {done.stderr.strip()}"
 
 
-def default_base(root: Path) -> tuple[str, str]:
-    """(base rev, how it was chosen): merge-base with main, or HEAD~1 when on main."""
+def workspace_is_dirty(root: Path) -> bool:
+    """Whether tracked files (params.yaml, dvc.lock, metrics, code) differ from HEAD; untracked ones don't count."""
+    return bool(git("status", "--porcelain", "--untracked-files=no", root=root).stdout.strip())
+
+
+def default_base(root: Path, workspace: bool = True) -> tuple[str, str]:
+    """(base rev, how it was chosen): merge-base with main; on main, HEAD~1, or HEAD when the
+    workspace is reported and has uncommitted changes (e.g. an applied `dvc exp run`), so the
+    last commit's changes are not mixed into the workspace's."""
     branch = git("rev-parse", "--abbrev-ref", "HEAD", root=root).stdout.strip()
     head = git("rev-parse", "HEAD", root=root).stdout.strip()
     mains = [m for m in ("main", "origin/main") if has_commit(m, root)]
     if branch == "main" or (mains and git("rev-parse", mains[0], root=root).stdout.strip() == head):
+        if workspace and workspace_is_dirty(root):
+            return "HEAD", "the last commit on main; the workspace has uncommitted changes"
         return "HEAD~1", "the previous commit on main"
     for main in mains:
         done = git("merge-base", "HEAD", main, root=root)
@@ -185,11 +196,11 @@ def default_base(root: Path) -> tuple[str, str]:
     raise BaseUnavailable("no merge-base with main in this clone")
 
 
-def resolve_base(base: str | None, root: Path) -> tuple[str, str]:
+def resolve_base(base: str | None, root: Path, workspace: bool = True) -> tuple[str, str]:
     """The base commit and how it was found; fetches once when a shallow clone lacks it."""
     for attempt in range(2):
         try:
-            rev, how = (base, "given") if base else default_base(root)
+            rev, how = (base, "given") if base else default_base(root, workspace)
         except BaseUnavailable as err:
             rev, how, problem = None, "", str(err)
         else:
@@ -212,7 +223,7 @@ def dvc_diff(kind: str, base: str, rev: str | None, root: Path) -> dict:
 def report(base: str | None, rev: str | None, threshold: float | None, root: Path = ROOT) -> tuple[str, bool]:
     """The markdown report for `rev` (None = workspace) against `base`, and whether the gate passed."""
     try:
-        base_commit, how = resolve_base(base, root)
+        base_commit, how = resolve_base(base, root, workspace=rev is None)
     except BaseUnavailable as err:
         passed, verdict = gate_verdict(None, threshold)
         text = f"## Pipeline report\n\n**No comparison**: {err}\n" + (f"\n{verdict}\n" if verdict else "")
@@ -226,7 +237,8 @@ def report(base: str | None, rev: str | None, threshold: float | None, root: Pat
 
 def main(argv: list[str] | None = None, root: Path = ROOT) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", default=None, help="base revision (default: merge-base with main; HEAD~1 on main)")
+    parser.add_argument("--base", default=None, help="base revision (default: merge-base with main; on main, HEAD~1, "
+                        "or HEAD when the workspace has uncommitted changes)")
     parser.add_argument("--rev", default=None, help="revision to report on (default: the workspace)")
     parser.add_argument("--fail-on-drop", type=float, default=None, metavar="F1",
                         help="exit 1 when test macro-F1 drops by more than this")
