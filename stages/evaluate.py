@@ -80,6 +80,17 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int) ->
     return float(sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in bins) / len(y))
 
 
+def macro_f1(y_true, y_pred, n_classes: int) -> float:
+    """Unweighted mean F1 over all `n_classes` classes, the one definition `train` and `evaluate` share.
+
+    A class absent from both labels and predictions still counts (F1 0), so the score keeps
+    one scale whatever a split happens to contain; 0/0 precision or recall is 0, not a warning.
+    """
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y_true, y_pred, labels=list(range(n_classes)), average="macro", zero_division=0))
+
+
 def classification_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str], ece_bins: int) -> dict:
     """Accuracy, F1s, per-class P/R/F1/support, ECE and cross-entropy of predictions `probs`."""
     from sklearn.metrics import accuracy_score, f1_score, log_loss, precision_recall_fscore_support
@@ -89,7 +100,7 @@ def classification_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str], 
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=classes, zero_division=0)
     return {
         "accuracy": float(accuracy_score(y, pred)),
-        "macro_f1": float(f1_score(y, pred, labels=classes, average="macro", zero_division=0)),
+        "macro_f1": macro_f1(y, pred, len(labels)),
         "weighted_f1": float(f1_score(y, pred, labels=classes, average="weighted", zero_division=0)),
         "per_class": {
             label: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
@@ -107,10 +118,7 @@ def biased_argmax(probs: np.ndarray, bias: np.ndarray) -> np.ndarray:
 
 
 def macro_f1_with_bias(probs: np.ndarray, y: np.ndarray, bias: np.ndarray) -> float:
-    from sklearn.metrics import f1_score
-
-    return float(f1_score(y, biased_argmax(probs, bias), labels=list(range(len(bias))), average="macro",
-                          zero_division=0))
+    return macro_f1(y, biased_argmax(probs, bias), len(bias))
 
 
 def tune_bias(probs: np.ndarray, y: np.ndarray, n_labels: int, half_width: float, step: float = 0.1) -> np.ndarray:

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score
 from transformers import Trainer, TrainingArguments
 
 from stages.encoder import device_args, resolve_device
+from stages.evaluate import macro_f1  # the same definition evaluate scores test with
 from stages.focal_loss import LossParams, focal_loss
 from stages.swa import VAL_LOSS, build_lr_scheduler
 
@@ -81,7 +82,7 @@ def make_compute_metrics(alpha: torch.Tensor, loss_params: LossParams):
         preds = logits.argmax(-1).numpy()
         return {
             "accuracy": accuracy_score(labels, preds),
-            "macro_f1": f1_score(labels, preds, average="macro"),
+            "macro_f1": macro_f1(labels.numpy(), preds, len(alpha)),
             "focal_loss": focal_loss(logits, labels, alpha, loss_params.gamma, loss_params.label_smoothing).item(),
             "ce_loss": torch.nn.functional.cross_entropy(logits.float(), labels).item(),
         }

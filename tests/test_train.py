@@ -242,6 +242,21 @@ def test_validation_loss_does_not_depend_on_eval_batch_size():
     assert metrics["ce_loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-6)
 
 
+def test_validation_macro_f1_equals_evaluates_when_a_class_is_never_predicted_and_another_absent():
+    """train's early-stopping macro-F1 and evaluate's test macro-F1 are one definition: all classes count."""
+    from stages.evaluate import classification_metrics
+
+    # 4 classes: 1 is never predicted, 2 is predicted but absent from the labels, 3 appears nowhere.
+    labels = torch.tensor([0, 0, 1, 1])
+    preds = torch.tensor([0, 0, 0, 2])
+    logits = torch.nn.functional.one_hot(preds, 4).float() * 5
+    train_f1 = make_compute_metrics(torch.full((4,), 0.25), LossParams(0.0, 0.0))((logits.numpy(), labels.numpy()))
+    test_f1 = classification_metrics(torch.softmax(logits, -1).numpy(), labels.numpy(), list("abcd"), ece_bins=2)
+    # F1 per class: 0.8 (2 hits, 1 false positive), 0, 0, 0 -> mean over 4 classes, not over the 3 seen.
+    assert train_f1["macro_f1"] == pytest.approx(0.2, abs=1e-12)
+    assert test_f1["macro_f1"] == pytest.approx(train_f1["macro_f1"], abs=1e-12)
+
+
 def test_trainer_validation_loss_is_the_same_for_any_eval_batch_size(tiny_root, tmp_path):
     seed, model_params, loss_params, train_params = _params(tiny_root)
     tokenizer = AutoTokenizer.from_pretrained(tiny_root / "base")
