@@ -123,6 +123,23 @@ def kept_val_f1(shown: list[dict]) -> dict[str, float]:
     return out
 
 
+def seed_of(run: Run) -> int:
+    return int(run.name.rsplit("-s", 1)[1])
+
+
+def group_rows(runs: list[Run]) -> dict[str, list[Run]]:
+    """Row name -> its `abl-<row>-s<seed>` runs, one per seed: a (row, seed) met again (a rerun, or
+    the same experiment under several `--rev`s) replaces the earlier one, so no seed counts twice."""
+    latest: dict[tuple[str, int], Run] = {}
+    for run in runs:
+        if run.name.startswith("abl-"):
+            latest[(run.name[4:].rsplit("-s", 1)[0], seed_of(run))] = run
+    found: dict[str, list[Run]] = {}
+    for (row, _), run in latest.items():
+        found.setdefault(row, []).append(run)
+    return found
+
+
 def table(found: dict[str, list[Run]], times: dict[str, float], vals: dict[str, float], refs) -> str:
     lines = ["| row | seeds | val macro-F1 | " + " | ".join(label for _, label in COLUMNS) + " | train time (s) |",
              "|---|---|---|" + "---|" * len(COLUMNS) + "---|"]
@@ -134,7 +151,8 @@ def table(found: dict[str, list[Run]], times: dict[str, float], vals: dict[str, 
         stats = [cell([flatten_test(m.metrics)[k] for m in members]) for k, _ in COLUMNS]
         val = cell([vals[m.name] for m in members if m.name in vals])
         secs = [times[m.name] for m in members if m.name in times]
-        lines.append(f"| {label} | {len(members)} | {val} | " + " | ".join(stats) + f" | {cell(secs, digits=0)} |")
+        seeds = len({seed_of(m) for m in members})
+        lines.append(f"| {label} | {seeds} | {val} | " + " | ".join(stats) + f" | {cell(secs, digits=0)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -162,11 +180,8 @@ def report(revs: list[str]) -> str:
     """Table of the `abl-*` experiments of the baseline commits `revs` (default HEAD)."""
     shown = [exp_show(ROOT, rev) for rev in revs or [None]]
     runs = [run for rows_of_rev in shown for run in runs_from_exp_show(rows_of_rev, dedupe=False)]
-    found: dict[str, list[Run]] = {}
-    for run in runs:
-        if run.name.startswith("abl-"):
-            found.setdefault(run.name[4:].rsplit("-s", 1)[0], []).append(run)
-    seeds = sorted({int(r.name.rsplit("-s", 1)[1]) for group in found.values() for r in group}) or [42]
+    found = group_rows(runs)
+    seeds = sorted({seed_of(r) for group in found.values() for r in group}) or [42]
     refs = references(seeds)
     figure(found, refs, ROOT / "plots/ablation/macro_f1.png")
     return table(found, train_times(), {k: v for one in shown for k, v in kept_val_f1(one).items()}, refs)

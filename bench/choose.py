@@ -137,15 +137,21 @@ def paired(results: list[dict], name: str, baseline: str, key: str = "val_macro_
     return f"{mean:+.3f} ± {std / len(diffs) ** 0.5:.3f} ({sum(d > 0 for d in diffs)}/{len(diffs)})"
 
 
+def latest_per_seed(results: list[dict]) -> list[dict]:
+    """One result per (candidate, seed), the last one met: merged logs or a rerun must not count a split twice."""
+    return list({(r["candidate"], r["seed"]): r for r in results}.values())
+
+
 def table(results: list[dict], baseline: str | None = None) -> str:
     """Mean ± std over splits per candidate; paired differences against `baseline` (default: the first)."""
+    results = latest_per_seed(results)
     names = list(dict.fromkeys(r["candidate"] for r in results))
     baseline = baseline or names[0]
     lines = [f"| candidate | seeds | val macro-F1 | val CE loss | val accuracy | epochs | paired vs {baseline} |",
              "|---|---|---|---|---|---|---|"]
     for name in names:
         rows = [r for r in results if r["candidate"] == name]
-        lines.append(f"| {name} | {len(rows)} | " + " | ".join(
+        lines.append(f"| {name} | {len({r['seed'] for r in rows})} | " + " | ".join(
             cell([r[k] for r in rows]) for k in ("val_macro_f1", "val_ce_loss", "val_accuracy", "epochs_run"))
             + f" | {paired(results, name, baseline)} |")
     return "\n".join(lines) + "\n"

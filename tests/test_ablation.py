@@ -1,7 +1,8 @@
 """bench/ablation.py: the rows it queues and what its report reads."""
 
-from bench.ablation import kept_val_f1, rows
+from bench.ablation import group_rows, kept_val_f1, rows, table
 from stages.common import read_params
+from tools.grid import Run
 
 
 def _dotted(params: dict, key: str):
@@ -33,3 +34,17 @@ def test_report_reads_the_validation_score_of_the_kept_model():
     shown = [{"rev": "abc", "experiments": [{"revs": [exp("abl-a-s1", "swa")]}, {"revs": [exp("abl-b-s1", "best")]},
                                              {"revs": [{"name": "queued", "data": {"metrics": {}}}]}]}]
     assert kept_val_f1(shown) == {"abl-a-s1": 0.5, "abl-b-s1": 0.4}
+
+
+def test_a_repeated_row_and_seed_counts_once_keeping_the_last_run():
+    def run(name, f1):
+        return Run(name, {}, {"macro_f1": f1, "accuracy": 0.7, "ece": 0.1, "per_class": {"neutral": {"f1": 0.3}}})
+
+    # The same experiment under two baselines (merged `--rev`s), then rerun: seed 42 three times, 43 once.
+    runs = [run("abl-final-s42", 0.50), run("abl-final-s43", 0.70), run("abl-final-s42", 0.55),
+            run("abl-final-s42", 0.60), run("not-ablation", 0.1)]
+    found = group_rows(runs)
+    assert [m.metrics["macro_f1"] for m in found["final"]] == [0.60, 0.70] and set(found) == {"final"}
+    line = next(x for x in table(found, {}, {}, []).splitlines() if x.startswith("| gamma 0, 10 epochs"))
+    assert line.split(" | ")[1] == "2"  # distinct seeds, not 4 runs
+    assert "0.650 ± 0.071" in line  # mean of 0.60 and 0.70 only

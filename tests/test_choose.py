@@ -32,3 +32,12 @@ def test_overrides_must_name_existing_keys():
     assert with_overrides({"loss": {"gamma": 2}}, {"loss.gamma": 0}) == {"loss": {"gamma": 0}}
     with pytest.raises(KeyError, match="loss.gama"):
         with_overrides({"loss": {"gamma": 2}}, {"loss.gama": 0})
+
+
+def test_table_counts_a_repeated_candidate_and_seed_once_keeping_the_last():
+    first = _results({"base": [0.40, 0.50], "new": [0.30, 0.52]})
+    rerun = _results({"new": [0.45]})  # merged logs: `new` on seed 40 again, the later value wins
+    line = next(x for x in table(first + rerun).splitlines() if x.startswith("| new |"))
+    assert line.split(" | ")[1] == "2"  # distinct seeds, not 3 runs
+    assert "0.485 ± 0.049" in line  # mean of 0.45 and 0.52; 0.30 is gone
+    assert "+0.035 ± 0.015 (2/2)" in line  # paired: +0.05 and +0.02 over the two splits, both positive
