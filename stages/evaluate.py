@@ -35,6 +35,7 @@ from stages.common import (
     write_json,
     write_text,
 )
+from stages.metrics import macro_f1
 
 
 @dataclass(frozen=True)
@@ -78,17 +79,6 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int) ->
     """ECE = sum over bins of (bin size / n) * |bin accuracy - bin mean confidence|."""
     bins = calibration_bins(probs, y, n_bins)
     return float(sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in bins) / len(y))
-
-
-def macro_f1(y_true, y_pred, n_classes: int) -> float:
-    """Unweighted mean F1 over all `n_classes` classes, the one definition `train` and `evaluate` share.
-
-    A class absent from both labels and predictions still counts (F1 0), so the score keeps
-    one scale whatever a split happens to contain; 0/0 precision or recall is 0, not a warning.
-    """
-    from sklearn.metrics import f1_score
-
-    return float(f1_score(y_true, y_pred, labels=list(range(n_classes)), average="macro", zero_division=0))
 
 
 def classification_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str], ece_bins: int) -> dict:

@@ -17,7 +17,7 @@ from sklearn.metrics import accuracy_score
 from transformers import Trainer, TrainingArguments
 
 from stages.encoder import device_args, resolve_device
-from stages.evaluate import macro_f1  # the same definition evaluate scores test with
+from stages.metrics import macro_f1  # the same definition evaluate scores test with
 from stages.focal_loss import LossParams, focal_loss
 from stages.swa import VAL_LOSS, build_lr_scheduler
 
