@@ -17,6 +17,7 @@ from stages.cli import TIMES_DIR, launcher
 from stages.common import RUNTIME_DIR, read_json, write_json, write_text
 from stages.log import LOGGED, LogParams, flatten, lineage_tags, metric_key, numeric_metrics, run
 from stages.mlflow_model import file_md5
+from loopback import free_port, serving
 from tiny_classifier import LABELS, TEXTS, build_model_dir, write_split
 
 REPO = Path(__file__).resolve().parent.parent
@@ -279,41 +280,15 @@ def test_two_log_runs_at_once_on_one_sqlite_store_both_succeed(tmp_path):
     assert len(client.search_runs([experiment.experiment_id])) == 2
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def mlflow_server(tmp_path):
     """A real `mlflow server` on loopback (sqlite backend, served artifacts, one worker)."""
-    import time
-    import urllib.request
-
     port = free_port()
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art")],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
-                time.sleep(0.5)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art")]
+    with serving(cmd, port, "/health", tmp_path / "server.log", timeout=120,
+                 env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 @pytest.mark.slow

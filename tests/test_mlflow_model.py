@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import pytest
 
 from stages.classifier import Classifier
 from stages.mlflow_model import TextClassifierModel, predictions_frame, signature
+from loopback import free_port, serving
 from tiny_classifier import LABELS, TEXTS, build_model_dir
 
 PROBS = [f"prob_{c}" for c in LABELS]
@@ -94,36 +93,16 @@ def test_mlflow_models_predict_cli_matches_tools_predict(tmp_path, registered, m
     assert_same_predictions(got, tools_predict(tmp_path, model_dir))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_invocations_like_tools_predict(tmp_path, registered, model_dir):
     uri, env = registered
     port = free_port()
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
-                             "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/ping", timeout=2)
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
-                time.sleep(0.5)
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
+           "-h", "127.0.0.1", "-p", str(port)]
+    with serving(cmd, port, "/ping", tmp_path / "serve.log", timeout=180, env=env) as base:
         body = json.dumps({"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]}}).encode()
         request = urllib.request.Request(f"{base}/invocations", data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as response:
             got = pd.DataFrame(json.loads(response.read())["predictions"])
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
     assert list(got.columns) == ["predicted", *PROBS]
     assert_same_predictions(got, tools_predict(tmp_path, model_dir))
