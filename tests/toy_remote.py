@@ -15,13 +15,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
 import yaml
+
+from loopback import free_port
 
 STAGE = '''import json, os, random, sys, yaml
 stage, p = sys.argv[1], yaml.safe_load(open("params.yaml"))
@@ -114,12 +115,6 @@ def output_files(root: Path) -> dict[str, bytes]:
     """Every file of the DVC-cached outputs, by path."""
     return {str(p.relative_to(root)): p.read_bytes() for out in OUTPUTS
             for p in sorted((root / out).rglob("*")) if p.is_file()}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def s3_env(home: Path, **extra: str) -> dict[str, str]:
