@@ -56,7 +56,7 @@ def run_pipeline(repo: Path, profile: str, seed: int) -> dict:
     git(repo, "checkout", "HEAD", "--", "params.yaml")
     sets = [f"seed={seed}", *PROFILES[profile]]
     cmd = ["dvc", "exp", "run", "--force", "-n", f"enc-{profile}-s{seed}", *[a for s in sets for a in ("-S", s)]]
-    start = time.perf_counter()
+    start, start_epoch = time.perf_counter(), time.time()
     # A fresh child per run, so its RUSAGE_CHILDREN peak (KiB on Linux) is this run's largest process.
     child = subprocess.run([sys.executable, "-c", PEAK, *cmd], cwd=repo, check=True, stdout=subprocess.PIPE, text=True)
     wall = time.perf_counter() - start
@@ -64,6 +64,7 @@ def run_pipeline(repo: Path, profile: str, seed: int) -> dict:
     train = json.loads((repo / "metrics/train.json").read_text())
     test = json.loads((repo / "metrics/evaluate.json").read_text())
     runtime = {p.stem: json.loads(p.read_text()) for p in (repo / ".cache/runtime").glob("*.json")}
+    times = [json.loads(p.read_text()) | {"stage": p.stem} for p in (repo / ".cache/runtime/times").glob("*.json")]
     kept = train["swa"] if train["kept"] == "swa" else train["best"]
     model = json.loads((repo / "models/train/pipeline.json").read_text())["model"]  # what the run really used
     return {
@@ -71,6 +72,7 @@ def run_pipeline(repo: Path, profile: str, seed: int) -> dict:
         "date": datetime.date.today().isoformat(), "command": " ".join(cmd), "device": platform.processor() or "cpu",
         "model": model, "fresh_translation_cache": fresh, "wall_s": round(wall, 1), "peak_mib": round(peak_mib),
         "train_wall_s": runtime.get("train", {}).get("wall_time_s"),
+        "stage_s": {t["stage"]: round(t["ended"] - t["started"], 1) for t in times if t["started"] >= start_epoch},
         "val_macro_f1": kept["val_macro_f1"], "val_ce_loss": kept["val_ce_loss"],
         "epochs_run": train["epochs_run"], "best_epoch": train["best"]["epoch"], "kept": train["kept"],
         "test_macro_f1": test["macro_f1"], "test_accuracy": test["accuracy"],
