@@ -26,12 +26,19 @@ CODE_DIRS = {Path(__file__).resolve().parent, Path(__file__).resolve().parent.pa
 TIMES_DIR = RUNTIME_DIR / "times"
 
 
+SHELLS = {"sh", "dash", "bash", "zsh", "ksh", "fish"}
+
+
 def launcher() -> str:
-    """The parent process, as pid + start time (pids are reused): one id per `dvc repro` / `dvc exp run`."""
+    """The process that launched this stage, as pid + start time (pids are reused): one id per
+    `dvc repro` / `dvc exp run`. DVC runs each cmd through $SHELL (or /bin/sh when SHELL is unset,
+    as in CI); dash does not exec a lone command, so the shell in between is skipped."""
     import psutil
 
-    parent = psutil.Process(os.getppid())
-    return f"{parent.pid}@{parent.create_time():.2f}"
+    proc = psutil.Process(os.getppid())
+    while proc.name() in SHELLS and (parent := proc.parent()) is not None:
+        proc = parent
+    return f"{proc.pid}@{proc.create_time():.2f}"
 
 
 def is_user_error(err: BaseException) -> bool:

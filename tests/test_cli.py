@@ -68,3 +68,27 @@ def test_under_dvc_a_stage_records_its_start_end_and_launching_process(tmp_path)
     assert times["launcher"] == f"{os.getpid()}@{psutil.Process().create_time():.2f}"  # this test ran it
     (tmp_path / cli.TIMES_DIR / "alpha.json").unlink()
     assert stage_command(tmp_path).returncode == 0 and not (tmp_path / cli.TIMES_DIR / "alpha.json").exists()
+
+
+def test_the_launcher_is_the_same_when_dvc_runs_the_stage_through_a_shell(tmp_path):
+    """DVC runs each cmd as `$SHELL -c cmd` (/bin/sh when SHELL is unset, as in CI). dash keeps
+    itself as the stage's parent, so each stage would get its own launcher and the MLflow run would
+    start at `log` instead of at the pipeline's first stage (the CI failure of stop 18)."""
+    import os
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import psutil
+
+    me = f"{os.getpid()}@{psutil.Process().create_time():.2f}"
+    env = {**os.environ, "PIPELINE_ROOT": str(alpha_root(tmp_path)), "DVC_STAGE": "alpha"}
+    cmd = f"{shlex.quote(sys.executable)} -m stages.alpha"
+    shells = [s for s in ("/bin/sh", shutil.which("dash"), shutil.which("bash")) if s]
+    for shell in dict.fromkeys(shells):
+        done = subprocess.run([shell, "-c", cmd], cwd=Path(common.__file__).parent.parent, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert common.read_json(tmp_path / cli.TIMES_DIR / "alpha.json")["launcher"] == me, shell
