@@ -6,13 +6,19 @@ of the training data, and the official test split is never read. For every candi
 scratch copy of the pipeline (PIPELINE_ROOT), and the kept model's validation macro-F1
 and cross-entropy are collected into a mean ± std table over seeds.
 
+The splits overlap (they are drawn from the same 599 reviews), so the paired column's error
+is the Nadeau-Bengio corrected standard error (bench/stats.py) with the sizes of one split's
+train and validation parts, which every run records; the plain SE would understate it.
+
 Two phases, so the slow part can run where a GPU is:
     python bench/choose.py splits --seeds 42 43 44 45 46 47 48 49   # prepare + augment per seed (CPU,
                                                                      # translations cached) -> .cache/choose/splits.tar.xz
     python bench/choose.py run --jobs 4 --set model.name=models/base/minilm \\
         default: gamma0:loss.gamma=0 g0-headtail:loss.gamma=0,model.truncation=head_tail
 Runs tokenizer, alpha, train per candidate x seed (`--jobs` at a time: only on a GPU; on a
-2-core CPU keep 1) and prints the table; results land in .cache/choose/results.json.
+2-core CPU keep 1) and prints the table; the runs land in .cache/choose/results.json and the
+table in bench/results/choose.{json,md} (date, commit, command, device, every run).
+    python bench/choose.py table [LOG ...] [--save]   # the table again; --save rewrites bench/results/choose.*
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,10 +38,13 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stages.common import ROOT, read_json, read_params, workspace_root  # noqa: E402
+from bench.stats import paired as paired_stats  # noqa: E402
+from stages.common import ROOT, read_json, read_params, workspace_root, write_json, write_text  # noqa: E402
 from tools.grid import cell, mean_std  # noqa: E402
 
 WORK = ROOT / ".cache/choose"
+RESULTS = ROOT / "bench/results/choose.json"
+COLUMNS = ("val_macro_f1", "val_ce_loss", "val_accuracy", "epochs_run")
 SPLIT_STAGES = ("prepare", "augment")  # depend on seed and data only: shared by every candidate
 RUN_STAGES = ("tokenizer", "pretrain", "alpha", "train")  # never evaluate: test is not looked at
 
@@ -99,7 +109,18 @@ def splits(seeds: list[int]) -> Path:
     return archive
 
 
-def run_one(name: str, overrides: dict, seed: int, threads: int | None) -> dict:
+def line_count(path: Path) -> int:
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for _ in f)
+
+
+def device() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
+
+
+def run_one(name: str, overrides: dict, seed: int, threads: int | None, where: str) -> dict:
     root = make_root(WORK / f"{name}-s{seed}", with_overrides(read_params(), {**overrides, "seed": seed}))
     for part in ("data/prepare", "data/augment"):
         shutil.rmtree(root / part, ignore_errors=True)
@@ -109,7 +130,10 @@ def run_one(name: str, overrides: dict, seed: int, threads: int | None) -> dict:
     kept = metrics["swa"] if metrics["kept"] == "swa" else metrics["best"]
     result = {"candidate": name, "seed": seed, "val_macro_f1": kept["val_macro_f1"],
               "val_ce_loss": kept["val_ce_loss"], "val_accuracy": kept["val_accuracy"],
-              "epochs_run": metrics["epochs_run"], "kept": metrics["kept"]}
+              "epochs_run": metrics["epochs_run"], "kept": metrics["kept"],
+              # reviews in this split's parts (before back-translation): the corrected SE needs them
+              "n_train": line_count(root / "data/prepare/train.jsonl"),
+              "n_val": line_count(root / "data/prepare/val.jsonl"), "device": where}
     print(json.dumps(result), flush=True)  # one line per run: a cut-off batch keeps what finished
     return result
 
@@ -120,21 +144,11 @@ def run(candidates: dict[str, dict], common_sets: dict, jobs: int) -> list[dict]
     seeds = sorted(int(p.name[1:]) for p in (WORK / "splits").iterdir())
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     tasks = [(name, {**common_sets, **sets}, seed) for seed in seeds for name, sets in candidates.items()]
+    where = device()
     with ThreadPoolExecutor(jobs) as pool:
-        results = list(pool.map(lambda t: run_one(*t, threads), tasks))
+        results = list(pool.map(lambda t: run_one(*t, threads, where), tasks))
     (WORK / "results.json").write_text(json.dumps(results, indent=2))
     return results
-
-
-def paired(results: list[dict], name: str, baseline: str, key: str = "val_macro_f1") -> str:
-    """Mean per-split difference of `name` minus `baseline` ± its standard error, and on how many
-    of the shared splits it was positive: the splits vary far more than the candidates do."""
-    base = {r["seed"]: r[key] for r in results if r["candidate"] == baseline}
-    diffs = [r[key] - base[r["seed"]] for r in results if r["candidate"] == name and r["seed"] in base]
-    if name == baseline or len(diffs) < 2:
-        return "—"
-    mean, std = mean_std(diffs)
-    return f"{mean:+.3f} ± {std / len(diffs) ** 0.5:.3f} ({sum(d > 0 for d in diffs)}/{len(diffs)})"
 
 
 def latest_per_seed(results: list[dict]) -> list[dict]:
@@ -142,19 +156,82 @@ def latest_per_seed(results: list[dict]) -> list[dict]:
     return list({(r["candidate"], r["seed"]): r for r in results}.values())
 
 
+def split_sizes(results: list[dict]) -> tuple[int, int] | None:
+    """(train, validation) reviews of one split, the same for every seed; None when a run did not record them."""
+    sizes = {(r.get("n_train"), r.get("n_val")) for r in results}
+    if not sizes or any(None in pair for pair in sizes):
+        return None
+    if len(sizes) > 1:
+        raise ValueError(f"the runs come from splits of different sizes {sorted(sizes)}: "
+                         "were they made from different data? compare runs of one `splits` call")
+    return sizes.pop()
+
+
+def paired(results: list[dict], name: str, baseline: str, key: str = "val_macro_f1") -> dict | None:
+    """bench/stats.paired of the per-split differences `name` minus `baseline`, over the seeds both ran:
+    the splits vary far more than the candidates do. None for the baseline itself or under 2 shared splits."""
+    results = latest_per_seed(results)
+    base = {r["seed"]: r[key] for r in results if r["candidate"] == baseline}
+    diffs = [r[key] - base[r["seed"]] for r in results if r["candidate"] == name and r["seed"] in base]
+    if name == baseline or len(diffs) < 2:
+        return None
+    n_train, n_test = split_sizes(results) or (None, None)
+    return paired_stats(diffs, n_train, n_test)
+
+
+def fmt_paired(stat: dict | None) -> str:
+    """"+0.013 ± 0.015 (2/3)": mean difference ± corrected SE (better on 2 of 3 splits)."""
+    return f"{stat['mean']:+.3f} ± {stat['se_corrected']:.3f} ({stat['better']}/{stat['n']})" if stat else "—"
+
+
 def table(results: list[dict], baseline: str | None = None) -> str:
     """Mean ± std over splits per candidate; paired differences against `baseline` (default: the first)."""
     results = latest_per_seed(results)
     names = list(dict.fromkeys(r["candidate"] for r in results))
     baseline = baseline or names[0]
-    lines = [f"| candidate | seeds | val macro-F1 | val CE loss | val accuracy | epochs | paired vs {baseline} |",
-             "|---|---|---|---|---|---|---|"]
+    se = "corrected SE" if split_sizes(results) else "plain SE: the runs did not record their split sizes"
+    lines = [f"| candidate | seeds | val macro-F1 | val CE loss | val accuracy | epochs | paired vs {baseline} "
+             f"(± {se}) |", "|---|---|---|---|---|---|---|"]
     for name in names:
         rows = [r for r in results if r["candidate"] == name]
-        lines.append(f"| {name} | {len({r['seed'] for r in rows})} | " + " | ".join(
-            cell([r[k] for r in rows]) for k in ("val_macro_f1", "val_ce_loss", "val_accuracy", "epochs_run"))
-            + f" | {paired(results, name, baseline)} |")
+        lines.append(f"| {name} | {len({r['seed'] for r in rows})} | "
+                     + " | ".join(cell([r[k] for r in rows]) for k in COLUMNS)
+                     + f" | {fmt_paired(paired(results, name, baseline))} |")
     return "\n".join(lines) + "\n"
+
+
+def summary(results: list[dict], baseline: str | None, command: str) -> dict:
+    """What bench/results/choose.json holds: per candidate mean/std over distinct seeds, the paired
+    comparison (plain and corrected SE), and every run."""
+    results = latest_per_seed(results)
+    names = list(dict.fromkeys(r["candidate"] for r in results))
+    baseline = baseline or names[0]
+    n_train, n_val = split_sizes(results) or (None, None)
+    candidates = []
+    for name in names:
+        rows = [r for r in results if r["candidate"] == name]
+        spread = {k: dict(zip(("mean", "std"), mean_std([r[k] for r in rows])), values=[r[k] for r in rows])
+                  for k in COLUMNS}
+        candidates.append({"name": name, "seeds": sorted(r["seed"] for r in rows), **spread,
+                           "vs_baseline": paired(results, name, baseline)})
+    return {"date": time.strftime("%Y-%m-%d"), "commit": git_head(), "command": command,
+            "device": ", ".join(sorted({r.get("device", "not recorded") for r in results})),
+            "baseline": baseline, "n_train": n_train, "n_val": n_val,
+            "seeds": sorted({r["seed"] for r in results}), "candidates": candidates, "runs": results}
+
+
+def git_head() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def save(results: list[dict], baseline: str | None, command: str, path: Path = RESULTS) -> str:
+    """bench/results/choose.json and its table beside it as .md; returns the table."""
+    res, md = summary(results, baseline, command), table(results, baseline)
+    write_json(path, res)
+    write_text(path.with_suffix(".md"), f"<!-- written by bench/choose.py ({res['date']}, commit {res['commit'][:7]}, "
+                                        f"{res['device']}): {command} -->\n{md}")
+    return md
 
 
 def main() -> None:
@@ -169,18 +246,22 @@ def main() -> None:
     t = sub.add_parser("table", help="the table again, from results.json or lines of a run's output")
     t.add_argument("log", nargs="*", type=Path, help="run outputs (lines of JSON results); several are merged")
     t.add_argument("--baseline", help="candidate the paired column compares with (default: the first)")
+    t.add_argument("--save", action="store_true", help="also write bench/results/choose.{json,md}")
     args = parser.parse_args()
+    command = " ".join(["python bench/choose.py", *sys.argv[1:]])
     WORK.mkdir(parents=True, exist_ok=True)
     if args.command == "splits":
         print(splits(args.seeds))
     elif args.command == "run":
         candidates = {c.split(":", 1)[0]: parse_sets(c.split(":", 1)[1]) for c in args.candidates}
-        print(table(run(candidates, parse_sets(args.set), args.jobs)), end="")
-    elif args.log:
-        lines = [line for path in args.log for line in path.read_text().splitlines()]
-        print(table([json.loads(line) for line in lines if line.startswith('{"candidate"')], args.baseline), end="")
+        print(save(run(candidates, parse_sets(args.set), args.jobs), None, command), end="")
     else:
-        print(table(json.loads((WORK / "results.json").read_text()), args.baseline), end="")
+        if args.log:
+            lines = [line for path in args.log for line in path.read_text().splitlines()]
+            results = [json.loads(line) for line in lines if line.startswith('{"candidate"')]
+        else:
+            results = json.loads((WORK / "results.json").read_text())
+        print(save(results, args.baseline, command) if args.save else table(results, args.baseline), end="")
 
 
 if __name__ == "__main__":
