@@ -6,6 +6,7 @@ branch moves test macro-F1 (0.55 -> 0.45) and per-class F1 by known amounts.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,64 @@ def test_delta_column_marks_direction_only_for_quality_metrics():
     assert report.fmt_delta(Change("m", "best.val_ce_loss", None, 0.9)) == "new"
     assert report.fmt_delta(Change("m", "device", "cpu", None)) == "removed"
     assert report.fmt_delta(Change("m", "kept", "swa", "best")) == "changed"
+
+
+def _ablation(root: Path, final_seeds=(42, 43, 44), macro_std=0.026, neutral_std=0.001) -> None:
+    """bench/results/ablation.json as bench/ablation.py writes it, with a `final` row of known spread."""
+    def stat(std: float, n: int) -> dict:
+        return {"mean": 0.5, "std": std, "values": [0.5] * n}
+
+    n = len(final_seeds)
+    rows = [{"name": "plain-ce", "seeds": [42, 43, 44], "test": {"macro_f1": stat(0.5, 3)}},
+            {"name": "final", "label": "default", "seeds": list(final_seeds),
+             "test": {"macro_f1": stat(macro_std, n), "accuracy": stat(0.02, n), "neutral_f1": stat(neutral_std, n),
+                      "ece": stat(0.01, n)}, "val_macro_f1": stat(0.03, n)}]
+    path = root / report.ABLATION
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"date": "2026-01-01", "commit": "abcdef1234", "seeds": [42, 43, 44], "rows": rows}))
+
+
+def test_without_the_ablation_file_the_spread_column_says_so(branch):
+    text, _ = report.report(None, None, None, root=branch)
+    assert "| macro_f1 | 0.5500 | 0.4500 | -0.1000 🔻 | no spread measured |" in text
+    assert "| neutral | 0.2750 | 0.2250 | -0.0500 🔻 | no spread measured |" in text
+    assert "_Seed spread: no spread measured" in text
+
+
+def test_deltas_are_placed_against_the_seed_spread_of_the_default(tmp_path):
+    root = init_repo(tmp_path / "repo")  # gamma 2: macro-F1 0.55, neutral F1 0.275
+    _ablation(root)  # untracked: it does not count as a workspace change
+    set_params(root, loss={"gamma": 1.9})  # macro-F1 0.54 (0.38 σ), neutral 0.27 (5 σ of 0.001)
+    text, passed = report.report(None, None, 0.005, root=root)
+    assert "| macro_f1 | 0.5500 | 0.5400 | -0.0100 🔻 | 0.4 σ (σ 0.0260): within seed noise |" in text
+    assert "| neutral | 0.2750 | 0.2700 | -0.0050 🔻 | 5.0 σ (σ 0.0010): beyond seed noise |" in text
+    assert "| accuracy | 0.7000 | 0.7000 | 0 | 0.0 σ (σ 0.0200): within seed noise |" in text
+    assert "| weighted_f1 | 0.6800 | 0.6800 | 0 | no spread measured |" in text  # the ablation has no weighted F1
+    assert "over seeds 42, 43, 44 (`bench/results/ablation.json`, commit abcdef1)" in text
+    # the gate still fails on a drop past its threshold, and says seeds alone move macro-F1 that much
+    assert not passed and "dropped by 0.0100" in text and "Seeds alone move it this much (σ 0.0260" in text
+    set_params(root, loss={"gamma": 1.0})  # macro-F1 0.45: 0.1 = 3.8 σ
+    text, passed = report.report(None, None, 0.02, root=root)
+    assert "| -0.1000 🔻 | 3.8 σ (σ 0.0260): beyond seed noise |" in text
+    assert not passed and "dropped by 0.1000" in text and "Seeds alone" not in text
+
+
+def test_within_seed_noise_means_at_most_two_root_two_sigma():
+    Change = report.Change
+    assert report.spread_cell(Change("m", "macro_f1", 0.5, 0.528), 0.01).endswith("2.8 σ (σ 0.0100): within seed noise")
+    assert report.spread_cell(Change("m", "macro_f1", 0.5, 0.471), 0.01).endswith("2.9 σ (σ 0.0100): beyond seed noise")
+    assert report.spread_cell(Change("m", "macro_f1", None, 0.5), 0.01) == "—"
+    assert report.spread_cell(Change("m", "macro_f1", 0.5, 0.6), None) == "no spread measured"
+
+
+def test_seed_spread_needs_a_final_row_over_two_seeds(tmp_path):
+    assert report.seed_spread(tmp_path) is None  # no file
+    _ablation(tmp_path, final_seeds=(42,))
+    assert report.seed_spread(tmp_path) is None  # one seed measures no spread
+    _ablation(tmp_path, final_seeds=(44, 42, 43, 42))
+    spread = report.seed_spread(tmp_path)
+    assert spread["seeds"] == [42, 43, 44] and spread["commit"] == "abcdef1"
+    assert spread["std"] == {"macro_f1": 0.026, "accuracy": 0.02, "per_class.neutral.f1": 0.001, "ece": 0.01}
+    path = tmp_path / report.ABLATION
+    path.write_text(path.read_text().replace('"final"', '"tapt"'))
+    assert report.seed_spread(tmp_path) is None  # the default's row is the one that counts

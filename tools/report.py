@@ -8,8 +8,15 @@ workspace is clean and `HEAD` when tracked files have uncommitted changes (e.g. 
 `dvc exp run` applied an experiment), so only the workspace's own changes show. In a shallow
 clone the base is fetched when possible, and the report says so plainly when it is not.
 
-Gate: `--fail-on-drop 0.02` exits 1 when test macro-F1 drops by more than 0.02. CPU runs
-are deterministic, so any drop is real, not run-to-run noise.
+Each test-metric delta is also given in units of that metric's seed-to-seed std (sigma) on the
+default params (row `final` of bench/results/ablation.json): two runs differing only in seed
+differ with std sqrt(2) sigma, so |delta| <= 2 sqrt(2) sigma is "within seed noise" (~95% of
+such pairs). Without that file the column says "no spread measured".
+
+Gate: `--fail-on-drop 0.02` exits 1 when test macro-F1 drops by more than 0.02. CPU runs are
+deterministic: the same params and seed give the same number again, so a drop comes from the
+change, not from nondeterminism. It does not show the change is worse on other seeds or data:
+the seed-to-seed std of test macro-F1 exceeds 0.02, and the report says where a drop stands.
 
 Run:  make report [BASE=<rev>] [FAIL_ON_DROP=0.02]
       python -m tools.report --base main --output report.md
@@ -18,6 +25,8 @@ Run:  make report [BASE=<rev>] [FAIL_ON_DROP=0.02]
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import re
 import subprocess
 import sys
@@ -34,6 +43,9 @@ DIRECTION = {**dict.fromkeys(("accuracy", "macro_f1", "weighted_f1", "f1", "prec
                               "val_accuracy", "val_macro_f1"), True),
              **dict.fromkeys(("ece", "ce_loss", "loss", "val_loss", "val_ce_loss"), False)}
 PLOTS = ("plots/train/history.png", "plots/evaluate/confusion.png")
+ABLATION = "bench/results/ablation.json"  # its row `final` is params.yaml's default over seeds
+NOISE = 2 * math.sqrt(2)  # |delta| within this many sigma: what two seeds alone give ~95% of the time
+NO_SPREAD = "no spread measured"
 
 
 class BaseUnavailable(RuntimeError):
@@ -83,22 +95,46 @@ def fmt_delta(change: Change) -> str:
     return f"{text} {'🟢' if (delta > 0) == rise_is_good else '🔻'}"
 
 
+def spread_cell(change: Change, std: float | None) -> str:
+    """Where a delta stands against the seed-to-seed std of its metric."""
+    if std is None:
+        return NO_SPREAD
+    if change.delta is None:
+        return "—"
+    sigmas = abs(change.delta) / std
+    return f"{sigmas:.1f} σ (σ {std:.4f}): {'within' if sigmas <= NOISE else 'beyond'} seed noise"
+
+
+def spread_note(spread: dict | None) -> str:
+    if spread is None:
+        return f"_Seed spread: {NO_SPREAD} (no `{ABLATION}` with a `final` row over 2+ seeds)._"
+    return (f"_σ: seed-to-seed std of the default params over seeds {', '.join(map(str, spread['seeds']))} "
+            f"(`{ABLATION}`, commit {spread['commit']}). Within seed noise: |Δ| ≤ 2√2 σ, what two runs "
+            "differing only in seed give about 95% of the time._")
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def test_tables(metric_changes: list[Change]) -> list[str]:
-    """Headline test metrics, then per-class F1, each with base, this run and delta."""
+def test_tables(metric_changes: list[Change], spread: dict | None = None) -> list[str]:
+    """Headline test metrics, then per-class F1, each with base, this run, delta and the delta
+    against the seed spread (`spread["std"]`: metric key -> sigma; None: not measured)."""
     test = {c.key: c for c in metric_changes if c.path == TEST_METRICS}
     if not test:
         return [f"_No `{TEST_METRICS}` in either revision: run `dvc repro` first._"]
-    head = [[name, fmt(test[name].old), fmt(test[name].new), fmt_delta(test[name])]
+
+    def noise(c: Change) -> str:
+        return spread_cell(c, spread["std"].get(c.key) if spread else None)
+
+    head = [[name, fmt(test[name].old), fmt(test[name].new), fmt_delta(test[name]), noise(test[name])]
             for name in HEADLINE if name in test]
-    per_class = [[key.split(".")[1], fmt(c.old), fmt(c.new), fmt_delta(c)]
+    per_class = [[key.split(".")[1], fmt(c.old), fmt(c.new), fmt_delta(c), noise(c)]
                  for key, c in test.items() if key.startswith("per_class.") and key.endswith(".f1")]
-    return ["### Test metrics", "", table(["metric", "base", "this", "Δ"], head), "",
-            "### Per-class test F1", "", table(["class", "base", "this", "Δ"], per_class)]
+    return ["### Test metrics", "", table(["metric", "base", "this", "Δ", "Δ vs seed spread"], head), "",
+            "### Per-class test F1", "", table(["class", "base", "this", "Δ", "Δ vs seed spread"], per_class), "",
+            spread_note(spread)]
 
 
 def macro_f1_drop(metric_changes: list[Change]) -> float | None:
@@ -109,32 +145,38 @@ def macro_f1_drop(metric_changes: list[Change]) -> float | None:
     return None
 
 
-def gate_verdict(drop: float | None, threshold: float | None) -> tuple[bool, str]:
-    """(passed, one-line verdict) of the FAIL_ON_DROP gate."""
+def gate_verdict(drop: float | None, threshold: float | None, std: float | None = None) -> tuple[bool, str]:
+    """(passed, one-line verdict) of the FAIL_ON_DROP gate; `std`: seed-to-seed std of test macro-F1."""
     if threshold is None:
         return True, ""
     if drop is None:
         return False, (f"**Gate failed**: test macro-F1 is missing on one side, so a drop of more than {threshold} "
                        "cannot be ruled out.")
     if drop > threshold:
-        return False, f"**Gate failed**: test macro-F1 dropped by {drop:.4f}, more than the allowed {threshold}."
+        verdict = f"**Gate failed**: test macro-F1 dropped by {drop:.4f}, more than the allowed {threshold}."
+        if std is not None and drop <= NOISE * std:
+            verdict += (f" Seeds alone move it this much (σ {std:.4f}, the drop is {drop / std:.1f} σ): "
+                        "rerun on other seeds before concluding the change is worse.")
+        return False, verdict
     return True, f"Gate passed: test macro-F1 change {-drop:+.4f} (allowed drop {threshold})."
 
 
 def render(title: str, params_diff: dict, metrics_diff: dict, plots: list[str],
-           threshold: float | None) -> tuple[str, bool]:
-    """The whole report and whether the gate passed. Diffs are `--all` (unchanged entries too)."""
+           threshold: float | None, spread: dict | None = None) -> tuple[str, bool]:
+    """The whole report and whether the gate passed. Diffs are `--all` (unchanged entries too);
+    `spread` is `seed_spread`'s (None: no seed spread measured)."""
     metric_changes = changes(metrics_diff)
     moved = [c for c in metric_changes if c.old != c.new]
     changed_params = [c for c in changes(params_diff) if c.old != c.new]
-    passed, verdict = gate_verdict(macro_f1_drop(metric_changes), threshold)
+    std = spread["std"].get("macro_f1") if spread else None
+    passed, verdict = gate_verdict(macro_f1_drop(metric_changes), threshold, std)
     parts = [f"## {title}", ""]
     if verdict:
         parts += [verdict, ""]
     parts += ["### Params changed", ""]
     parts += [table(["param", "base", "this"], [[f"`{c.key}`", fmt(c.old), fmt(c.new)] for c in changed_params])
               if changed_params else "No params changes."]
-    parts += ["", *test_tables(metric_changes), "", "### All metric changes", ""]
+    parts += ["", *test_tables(metric_changes, spread), "", "### All metric changes", ""]
     parts += [table(["file", "metric", "base", "this", "Δ"],
                     [[c.path, c.key, fmt(c.old), fmt(c.new), fmt_delta(c)] for c in moved])
               if moved else "No metric changes."]
@@ -143,7 +185,26 @@ def render(title: str, params_diff: dict, metrics_diff: dict, plots: list[str],
     return "\n".join(parts) + "\n", passed
 
 
-# ------------------------------------------------------------------ I/O: git and dvc
+# ------------------------------------------------------------------ I/O: results, git and dvc
+
+
+def seed_spread(root: Path) -> dict | None:
+    """{"std": {metric key of metrics/evaluate.json: sigma}, "seeds", "commit"} of the ablation's
+    `final` row (the default params over seeds); None when the file, the row or 2+ seeds are missing."""
+    path = root / ABLATION
+    if not path.is_file():
+        return None
+    res = json.loads(path.read_text(encoding="utf-8"))
+    row = next((r for r in res.get("rows", []) if r.get("name") == "final"), None)
+    if row is None:
+        return None
+    std = {}
+    for key, stat in row.get("test", {}).items():  # ablation names per-class F1 `<class>_f1`
+        if len(stat.get("values", [])) > 1:
+            std[key if key in HEADLINE else f"per_class.{key.removesuffix('_f1')}.f1"] = stat["std"]
+    if not std:
+        return None
+    return {"std": std, "seeds": sorted(set(row.get("seeds", []))), "commit": str(res.get("commit", ""))[:7]}
 
 
 def git(*args: str, root: Path = ROOT) -> subprocess.CompletedProcess:
@@ -232,7 +293,7 @@ def report(base: str | None, rev: str | None, threshold: float | None, root: Pat
     plots = [p for p in PLOTS if (root / p).exists()] if rev is None else []
     return render(f"Pipeline report: {this} vs `{base_commit}` ({how})",
                   dvc_diff("params", base_commit, rev, root), dvc_diff("metrics", base_commit, rev, root),
-                  plots, threshold)
+                  plots, threshold, seed_spread(root))
 
 
 def main(argv: list[str] | None = None, root: Path = ROOT) -> int:
