@@ -1,14 +1,17 @@
 """Training throughput: the train stage's Trainer path vs a bare PyTorch loop on the same batches.
 
-Trainer arms use what stages/train.py uses: `FocalTrainer` (focal loss with alpha, the SWA-aware
-LR schedule), `training_args` (so the Trainer's AdamW, fused with torch >= 2.8, gradient clipping,
-deterministic kernels on CPU, bf16 on CUDA), `build_model`/`encode` on the bundled MiniLM, and the
-`SWACallback` (it acts at epoch ends only: the timed window sits inside epoch 1, so its
-per-epoch cost is timed on its own below the table). Per-epoch evaluation and checkpointing
-are off: they are not training steps. The bare arm replays the exact batches the Trainer arm
-consumed (same order, same padding) through the same freshly built model with
-`F.cross_entropy` and `torch.optim.AdamW`, under the same bf16 autocast on CUDA. Arms are
-interleaved (order rotating per repeat); steps/s is over `--steps` steps after `--warmup`.
+Trainer arms use what stages/train.py uses: `FocalTrainer` (focal loss with alpha, the SWA-aware LR
+schedule), `training_args`, `build_model`/`encode` on the bundled MiniLM, the `SWACallback` (it acts at
+epoch ends only, outside the timed window: its cost is timed on its own) and DataCollatorWithPadding.
+Per-epoch evaluation and checkpointing are off: they are not training steps. The bare arm is a plain
+loop with `F.cross_entropy` on the same freshly built model that matches the Trainer in everything
+else that costs time: it collates the very features the Trainer's loader collated, with the same
+collator, inside the timed loop; it builds the optimizer the Trainer builds from the same arguments
+(`Trainer.get_optimizer_cls_and_kwargs`: fused AdamW with torch >= 2.8, no decay on biases and
+LayerNorm), clips to `max_grad_norm`, and sets the same determinism and precision (deterministic
+kernels on CPU, bf16 autocast on CUDA). Both checks run every time: same batches, same optimizer.
+Arms are interleaved (order alternating per repeat); steps/s is over `--steps` steps after `--warmup`.
+Writes bench/results/train_throughput.{json,md} (runs, load average, torch threads, optimizer).
 
 Variants of the Trainer (each against a bare loop on its own batches):
   stage      DataCollatorWithPadding (dynamic padding), random order: what the stage does
@@ -16,7 +19,7 @@ Variants of the Trainer (each against a bare loop on its own batches):
   maxlen     padding to model.max_length instead of dynamic padding
 
 Run (CPU, ~15 min on 2 busy cores; CUDA in a minute or two):
-    python bench/train_throughput.py --device cpu --steps 10 --warmup 2 --repeats 3 \
+    python bench/train_throughput.py --device cpu --steps 10 --warmup 2 --repeats 3 --threads 1 \
         --train-file data/augment/train.jsonl
     python bench/train_throughput.py --device cuda --steps 30 --warmup 5 --repeats 5
 """
@@ -36,21 +39,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from transformers import AutoTokenizer, DataCollatorWithPadding, PrinterCallback, TrainerCallback  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoTokenizer, DataCollatorWithPadding, PrinterCallback, Trainer, TrainerCallback, TrainingArguments,
+    enable_full_determinism)
 
+from bench import record  # noqa: E402
 from stages import common  # noqa: E402
 from stages.alpha import class_counts, compute_alpha  # noqa: E402
 from stages.focal_loss import LossParams  # noqa: E402
 from stages.swa import SWACallback  # noqa: E402
 from stages.train import (  # noqa: E402
-    FocalTrainer,
-    ModelParams,
-    TrainParams,
-    build_model,
-    encode,
-    make_compute_metrics,
-    training_args,
-)
+    FocalTrainer, ModelParams, TrainParams, build_model, encode, make_compute_metrics, training_args)
 
 VARIANTS = ("stage", "grouped", "maxlen")
 META = {"mode": "extend", "new_tokens": {}}  # the base tokenizer: no added rows to initialise
@@ -71,17 +70,18 @@ class Setup:
     device: str
 
 
-class RecordingTrainer(FocalTrainer):
-    """FocalTrainer that keeps a reference to every batch it trains on (no copy, no sync)."""
+class RecordingCollator:
+    """The stage's collator, keeping each list of features it collates and the batch it made of them
+    (references, no copies): the bare loop collates the same features again, and must get the same batches."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.batches: list[dict] = []
+    def __init__(self, collator):
+        self.collator, self.features, self.batches = collator, [], []
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if model.training:
-            self.batches.append(dict(inputs))
-        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self.collator(features)
+        self.features.append(features)
+        self.batches.append(dict(batch))
+        return batch
 
 
 class StepClock(TrainerCallback):
@@ -102,22 +102,36 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def trainer_arm(setup: Setup, variant: str, warmup: int, steps: int) -> tuple[float, list[dict], float]:
-    """Steps/s of the stage's Trainer path, the batches it consumed, and the SWA update time (s)."""
+def bench_args(setup: Setup, out_dir: str, variant: str, max_steps: int) -> TrainingArguments:
+    """The stage's training_args (optimizer, clipping, determinism; on CUDA bf16 where supported, as the
+    stage picks), minus evaluation and checkpoints."""
+    cuda, bf16 = setup.device == "cuda", setup.device == "cuda" and torch.cuda.is_bf16_supported()
+    return dataclasses.replace(
+        training_args(out_dir, setup.train_params, setup.seed), max_steps=max_steps, eval_strategy="no",
+        save_strategy="no", load_best_model_at_end=False, use_cpu=not cuda, disable_tqdm=True, bf16=bf16,
+        fp16=cuda and not bf16, train_sampling_strategy="group_by_length" if variant == "grouped" else "random")
+
+
+def describe(optimizer) -> dict:
+    """An optimizer's class, its defaults (lr, betas, eps, fused, ...) and its groups' (weight decay, size)."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # the torch optimizer inside accelerate's wrapper
+    defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in optimizer.defaults.items()}
+    return {"class": f"{type(optimizer).__module__}.{type(optimizer).__qualname__}", "defaults": defaults,
+            "groups": [[g["weight_decay"], len(g["params"])] for g in optimizer.param_groups]}
+
+
+def trainer_arm(setup: Setup, variant: str, warmup: int, steps: int) -> tuple[float, RecordingCollator, float, dict]:
+    """Steps/s of the stage's Trainer path, what it collated, the SWA update time (s) and its optimizer."""
     torch.use_deterministic_algorithms(False)  # the Trainer sets what the stage sets (full_determinism on CPU)
     model = build_model(setup.tokenizer, META, setup.model_params, setup.labels, setup.seed)
     label2id = {lab: i for i, lab in enumerate(setup.labels)}
     pad = ({"padding": "max_length", "max_length": setup.model_params.max_length} if variant == "maxlen" else {})
     clock, swa = StepClock(warmup, warmup + steps), SWACallback(setup.train_params.swa.start_epoch)
+    collator = RecordingCollator(DataCollatorWithPadding(setup.tokenizer, **pad))
     with tempfile.TemporaryDirectory(prefix="bench-train-") as out_dir:
-        args = dataclasses.replace(
-            training_args(out_dir, setup.train_params, setup.seed), max_steps=warmup + steps,
-            eval_strategy="no", save_strategy="no", load_best_model_at_end=False,
-            use_cpu=setup.device == "cpu", disable_tqdm=True, **cuda_precision(setup.device),
-            train_sampling_strategy="group_by_length" if variant == "grouped" else "random")
-        trainer = RecordingTrainer(
-            model=model, args=args, data_collator=DataCollatorWithPadding(setup.tokenizer, **pad),
-            train_dataset=encode(setup.rows, setup.tokenizer, label2id, setup.model_params.max_length),
+        trainer = FocalTrainer(
+            model=model, args=bench_args(setup, out_dir, variant, warmup + steps), data_collator=collator,
+            train_dataset=encode(setup.rows, setup.tokenizer, label2id, setup.model_params),
             compute_metrics=make_compute_metrics(setup.alpha, setup.loss_params), callbacks=[clock, swa],
             alpha=setup.alpha, loss_params=setup.loss_params, train_params=setup.train_params)
         trainer.remove_callback(PrinterCallback)  # its end-of-training dict would split the result lines
@@ -126,39 +140,56 @@ def trainer_arm(setup: Setup, variant: str, warmup: int, steps: int) -> tuple[fl
         swa.update(trainer.model)  # one end-of-epoch SWA snapshot, as the stage takes from start_epoch on
         sync(setup.device)
         swa_seconds = time.perf_counter() - start
-    batches = [{k: v.detach().to("cpu") for k, v in b.items()} for b in trainer.batches]
-    return steps / (clock.times[warmup + steps] - clock.times[warmup]), batches, swa_seconds
+    rate = steps / (clock.times[warmup + steps] - clock.times[warmup])
+    return rate, collator, swa_seconds, describe(trainer.optimizer)
 
 
-def cuda_precision(device: str) -> dict:
-    """What training_args picks on CUDA (bf16 where supported), and fp32 on CPU."""
-    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
-    return {"bf16": bf16, "fp16": device == "cuda" and not bf16}
+def bare_optimizer(model, args: TrainingArguments) -> torch.optim.Optimizer:
+    """What Trainer.create_optimizer builds for `args`: the class and arguments of
+    Trainer.get_optimizer_cls_and_kwargs (fused AdamW for the stage's args) over the same two parameter
+    groups (no weight decay on biases and LayerNorm weights)."""
+    decay = set(Trainer.get_decay_parameter_names(None, model))  # reads no Trainer state
+    groups = [{"params": [p for n, p in model.named_parameters() if p.requires_grad and (n in decay) == d],
+               "weight_decay": args.weight_decay if d else 0.0} for d in (True, False)]
+    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    return optimizer_cls(groups, **kwargs)
 
 
-def bare_arm(setup: Setup, batches: list[dict], warmup: int) -> float:
-    """Steps/s of a plain loop (cross-entropy, AdamW) over `batches`, same model and precision."""
-    torch.use_deterministic_algorithms(False)
+def bare_step(model, optimizer, batch: dict, max_grad_norm: float, autocast) -> None:
+    """Forward, cross-entropy, backward, clipping as the Trainer clips (max_grad_norm), step."""
+    labels = batch.pop("labels")
+    with autocast:
+        logits = model(**batch).logits
+    F.cross_entropy(logits.float(), labels).backward()
+    if max_grad_norm > 0:  # Trainer._clip_grad_norm on one process: accelerate calls this
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def bare_arm(setup: Setup, args: TrainingArguments, seen: RecordingCollator, warmup: int
+             ) -> tuple[float, list[dict], dict]:
+    """Steps/s of a plain loop that collates the Trainer's features with the same collator, with the
+    Trainer's optimizer, clipping, determinism and precision; the batches it made; its optimizer."""
+    if args.full_determinism:
+        enable_full_determinism(args.seed)  # what the Trainer does with these args
+    else:
+        torch.use_deterministic_algorithms(False)
     model = build_model(setup.tokenizer, META, setup.model_params, setup.labels, setup.seed).to(setup.device)
     model.train()
-    p = setup.train_params
-    opt = torch.optim.AdamW(model.parameters(), lr=p.learning_rate, weight_decay=p.weight_decay)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda_precision(setup.device)["bf16"])
-    start = 0.0
-    for i, batch in enumerate(batches):
+    optimizer = bare_optimizer(model, args)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16)
+    start, batches = 0.0, []
+    for i, features in enumerate(seen.features):
         if i == warmup:
             sync(setup.device)
             start = time.perf_counter()
-        batch = {k: v.to(setup.device, non_blocking=True) for k, v in batch.items()}
-        labels = batch.pop("labels")
-        with autocast:
-            logits = model(**batch).logits
-        loss = F.cross_entropy(logits.float(), labels)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        batch = seen.collator(features)
+        batches.append(dict(batch))
+        bare_step(model, optimizer, {k: v.to(setup.device, non_blocking=True) for k, v in batch.items()},
+                  args.max_grad_norm, autocast)
     sync(setup.device)
-    return (len(batches) - warmup) / (time.perf_counter() - start)
+    return (len(seen.features) - warmup) / (time.perf_counter() - start), batches, describe(optimizer)
 
 
 def same_batches(a: list[dict], b: list[dict]) -> bool:
@@ -187,42 +218,57 @@ def load_setup(train_file: Path, device: str, seed: int) -> Setup:
                  common.load_section(TrainParams, "train"), torch.tensor(alpha, dtype=torch.float32), seed, device)
 
 
+def run_arm(setup: Setup, v: str, arm: str, warmup: int, steps: int, seen: dict, info: dict) -> float:
+    """One run of one arm of variant `v`; checks that both arms train on the same batches with the same optimizer."""
+    if arm == "trainer":
+        rate, collated, info[v]["swa_update_s"], info[v]["trainer_optimizer"] = trainer_arm(setup, v, warmup, steps)
+        if v in seen and not same_batches(seen[v].batches, collated.batches):
+            raise RuntimeError(f"{v}: the Trainer's batches changed between repeats (seeding)")
+        seen[v] = collated
+        return rate
+    args = bench_args(setup, tempfile.gettempdir(), v, warmup + steps)
+    rate, batches, info[v]["bare_optimizer"] = bare_arm(setup, args, seen[v], warmup)
+    if not same_batches(batches, seen[v].batches):
+        raise RuntimeError(f"{v}: the bare loop collated other batches than the Trainer trained on")
+    if info[v]["bare_optimizer"] != info[v].get("trainer_optimizer", info[v]["bare_optimizer"]):
+        raise RuntimeError(f"{v}: the bare loop's optimizer differs from the Trainer's: {info[v]}")
+    return rate
+
+
 def measure(setup: Setup, variants: list[str], warmup: int, steps: int, repeats: int) -> dict:
-    """Interleaved repeats: per variant, Trainer then bare (or bare then Trainer on odd repeats)."""
-    rates = {v: {"trainer": [], "bare": []} for v in variants}
-    batches: dict[str, list[dict]] = {}
-    info = {v: {} for v in variants}
+    """Interleaved repeats: per variant, Trainer then bare (bare then Trainer on odd repeats), each run's
+    steps/s and the 1-minute load average after it."""
+    runs = {v: {"trainer": [], "bare": [], "load": []} for v in variants}
+    seen: dict[str, RecordingCollator] = {}
+    info: dict[str, dict] = {v: {} for v in variants}
     for r in range(repeats):
         for v in variants:
-            arms = ["trainer", "bare"] if r % 2 == 0 or v not in batches else ["bare", "trainer"]
-            for arm in arms:
-                if arm == "trainer":
-                    rate, seen, swa_s = trainer_arm(setup, v, warmup, steps)
-                    if v in batches and not same_batches(batches[v], seen):
-                        raise RuntimeError(f"{v}: the Trainer's batches changed between repeats (seeding)")
-                    batches[v] = seen
-                    info[v]["swa_update_s"] = swa_s
-                else:
-                    rate = bare_arm(setup, batches[v], warmup)
-                rates[v][arm].append(rate)
-                print(f"  repeat {r + 1} {v:8s} {arm:8s} {rate:.3f} steps/s  load {os.getloadavg()}", flush=True)
-        for v in variants:
-            info[v]["tokens_per_step"] = statistics.mean(b["input_ids"].numel() for b in batches[v][warmup:])
-    return {"rates": rates, "info": info}
+            for arm in ["trainer", "bare"] if r % 2 == 0 or v not in seen else ["bare", "trainer"]:
+                runs[v][arm].append(run_arm(setup, v, arm, warmup, steps, seen, info))
+                runs[v]["load"].append(os.getloadavg()[0])
+                print(f"  repeat {r + 1} {v:8s} {arm:8s} {runs[v][arm][-1]:.3f} steps/s  load {os.getloadavg()}",
+                      flush=True)
+    for v in variants:
+        info[v]["tokens_per_step"] = statistics.mean(b["input_ids"].numel() for b in seen[v].batches[warmup:])
+    return {"runs": runs, "info": info}
 
 
-def table(result: dict, batch_size: int) -> str:
-    rates, info = result["rates"], result["info"]
-    base = statistics.median(rates[VARIANTS[0]]["trainer"]) if VARIANTS[0] in rates else None
-    lines = ["| variant | padded tokens/step | Trainer steps/s | bare steps/s | Trainer samples/s "
-             "| Trainer / bare | Trainer / stage Trainer |", "|---|---|---|---|---|---|---|"]
-    for v, arms in rates.items():
+def table(result: dict, setup_line: str) -> str:
+    """Medians over the repeats: ms per step of each arm, and Trainer steps/s over bare steps/s."""
+    runs, info = result["runs"], result["info"]
+    base = statistics.median(runs[VARIANTS[0]]["trainer"]) if VARIANTS[0] in runs else None
+    lines = [setup_line, "", "| variant | padded tokens/step | Trainer ms/step | bare ms/step | Trainer / bare "
+             "(steps/s) | per repeat | Trainer / stage Trainer |", "|---|---|---|---|---|---|---|"]
+    for v, arms in runs.items():
         t, b = statistics.median(arms["trainer"]), statistics.median(arms["bare"])
-        vs_stage = f"{t / base:.2f}" if base else "—"
-        lines.append(f"| {v} | {info[v]['tokens_per_step']:.0f} | {t:.3f} | {b:.3f} | {t * batch_size:.1f} "
-                     f"| **{t / b:.2f}** | {vs_stage} |")
-    swa = ", ".join(f"{v} {info[v]['swa_update_s'] * 1000:.0f} ms" for v in rates)
-    return "\n".join(lines) + f"\n\nSWA update (once per epoch from start_epoch, not per step): {swa}"
+        paired = ", ".join(f"{x / y:.2f}" for x, y in zip(arms["trainer"], arms["bare"]))
+        lines.append(f"| {v} | {info[v]['tokens_per_step']:.0f} | {1000 / t:.0f} | {1000 / b:.0f} | **{t / b:.2f}** "
+                     f"| {paired} | {f'{t / base:.2f}' if base else '—'} |")
+    opt = next(iter(info.values()))["bare_optimizer"]
+    swa = ", ".join(f"{v} {info[v]['swa_update_s'] * 1000:.0f} ms" for v in runs)
+    return "\n".join(lines) + (
+        f"\n\nBoth arms: {opt['class']} (fused={opt['defaults'].get('fused')}), parameter groups (weight decay, "
+        f"tensors) {opt['groups']}. SWA update (once per epoch from start_epoch, not per step): {swa}.")
 
 
 def main() -> None:
@@ -239,17 +285,21 @@ def main() -> None:
         parser.error("--device cuda: no CUDA device visible")
     torch.set_num_threads(args.threads)
     quiet()
+    meta = record.start(torch.cuda.get_device_name() if args.device == "cuda" else
+                        f"{record.cpu_name()}, {len(os.sched_getaffinity(0))} cores, {args.threads} torch threads")
     setup = load_setup(args.train_file, args.device, common.load_seed())
-    name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} torch threads"
-    print(f"{len(setup.rows)} train rows; {name}; batch {setup.train_params.batch_size}, "
-          f"{args.warmup}+{args.steps} steps x {args.repeats} repeats; load {os.getloadavg()}", flush=True)
+    setup_line = (f"{len(setup.rows)} train rows, batch {setup.train_params.batch_size}, {args.warmup} + "
+                  f"{args.steps} timed steps per run, {args.repeats} interleaved repeats, medians.")
+    print(setup_line, f"load {os.getloadavg()}", flush=True)
     result = measure(setup, args.variants, args.warmup, args.steps, args.repeats)
-    print(table(result, setup.train_params.batch_size))
-    stage_args = training_args(tempfile.gettempdir(), setup.train_params, setup.seed)
-    optim = getattr(stage_args.optim, "value", stage_args.optim)
-    print(f"Trainer: optim {optim}, max_grad_norm {stage_args.max_grad_norm}, full_determinism "
-          f"{stage_args.full_determinism}; bare: torch.optim.AdamW defaults, no clipping")
-    print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}")
+    md = table(result, setup_line)
+    print(md)
+    stage = training_args(tempfile.gettempdir(), setup.train_params, setup.seed)
+    record.write("train_throughput", meta, {
+        "torch_threads": torch.get_num_threads(), "train_rows": len(setup.rows),
+        "batch_size": setup.train_params.batch_size, "warmup": args.warmup, "steps": args.steps,
+        "repeats": args.repeats, "optim": str(getattr(stage.optim, "value", stage.optim)),
+        "max_grad_norm": stage.max_grad_norm, "full_determinism": stage.full_determinism, **result}, md)
 
 
 if __name__ == "__main__":
