@@ -168,6 +168,8 @@ def test_seed_spread_needs_a_final_row_over_two_seeds(tmp_path):
     spread = report.seed_spread(tmp_path)
     assert spread["seeds"] == [42, 43, 44] and spread["commit"] == "abcdef1"
     assert spread["std"] == {"macro_f1": 0.026, "accuracy": 0.02, "per_class.neutral.f1": 0.001, "ece": 0.01}
+    _ablation(tmp_path, neutral_std=0.0)  # the same neutral F1 on every seed gives no yardstick to divide by
+    assert "per_class.neutral.f1" not in report.seed_spread(tmp_path)["std"]
     path = tmp_path / report.ABLATION
     path.write_text(path.read_text().replace('"final"', '"tapt"'))
     assert report.seed_spread(tmp_path) is None  # the default's row is the one that counts

@@ -192,16 +192,12 @@ def seed_spread(root: Path) -> dict | None:
     """{"std": {metric key of metrics/evaluate.json: sigma}, "seeds", "commit"} of the ablation's
     `final` row (the default params over seeds); None when the file, the row or 2+ seeds are missing."""
     path = root / ABLATION
-    if not path.is_file():
-        return None
-    res = json.loads(path.read_text(encoding="utf-8"))
-    row = next((r for r in res.get("rows", []) if r.get("name") == "final"), None)
-    if row is None:
-        return None
-    std = {}
-    for key, stat in row.get("test", {}).items():  # ablation names per-class F1 `<class>_f1`
-        if len(stat.get("values", [])) > 1:
-            std[key if key in HEADLINE else f"per_class.{key.removesuffix('_f1')}.f1"] = stat["std"]
+    res = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    row = next((r for r in res.get("rows", []) if r.get("name") == "final"), {})
+    # ablation names per-class F1 `<class>_f1`; identical values on every seed give no yardstick
+    std = {key if key in HEADLINE else f"per_class.{key.removesuffix('_f1')}.f1": stat["std"]
+           for key, stat in row.get("test", {}).items()
+           if len(stat.get("values", [])) > 1 and (stat.get("std") or 0) > 0}
     if not std:
         return None
     return {"std": std, "seeds": sorted(set(row.get("seeds", []))), "commit": str(res.get("commit", ""))[:7]}
