@@ -7,19 +7,21 @@ train times their `log` stage sent to MLflow, and prints mean +- std over seeds,
 the majority-class and TF-IDF + logistic-regression references (fitted on the same splits).
 
     python bench/ablation.py queue [--seeds 42 43 44] [--rows final] && dvc queue start -j 1
-    python bench/ablation.py report [--rev <baseline commit> ...]  # table -> stdout, figure -> plots/ablation/
+    python bench/ablation.py report [--rev <baseline commit> ...]  # -> bench/results/ablation.{json,md}, plots/ablation/
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stages.common import ROOT, save_png, workspace_root  # noqa: E402
+from stages.common import ROOT, save_png, workspace_root, write_text  # noqa: E402
 from tools.grid import Run, cell, exp_show, mean_std, runs_from_exp_show  # noqa: E402
 
 PLAIN = {"loss.gamma": 0, "alpha.method": "none", "loss.label_smoothing": 0, "train.swa.enabled": False,
@@ -42,6 +44,7 @@ STEPS = [
     ("tapt", "+ masked-LM pretraining (TAPT), 3 epochs", {"pretrain.enabled": True}),
     ("tapt10", "+ TAPT for 10 epochs instead", {"pretrain.epochs": 10}),
 ]
+RESULTS = ROOT / "bench/results/ablation.json"
 COLUMNS = [("macro_f1", "test macro-F1"), ("accuracy", "accuracy"), ("neutral_f1", "neutral F1"), ("ece", "ECE")]
 
 
@@ -140,20 +143,72 @@ def group_rows(runs: list[Run]) -> dict[str, list[Run]]:
     return found
 
 
-def table(found: dict[str, list[Run]], times: dict[str, float], vals: dict[str, float], refs) -> str:
-    lines = ["| row | seeds | val macro-F1 | " + " | ".join(label for _, label in COLUMNS) + " | train time (s) |",
-             "|---|---|---|" + "---|" * len(COLUMNS) + "---|"]
-    for name, values in refs:
-        lines.append(f"| {name} (reference) | {len(values['macro_f1'])} | — | "
-                     + " | ".join(cell(values[k]) for k, _ in COLUMNS) + " | — |")
-    for name, label, _ in rows():
-        members = found.get(name, [])
-        stats = [cell([flatten_test(m.metrics)[k] for m in members]) for k, _ in COLUMNS]
-        val = cell([vals[m.name] for m in members if m.name in vals])
-        secs = [times[m.name] for m in members if m.name in times]
-        seeds = len({seed_of(m) for m in members})
-        lines.append(f"| {label} | {seeds} | {val} | " + " | ".join(stats) + f" | {cell(secs, digits=0)} |")
+def summary(values: list[float]) -> dict:
+    """mean, std (sample) and the values themselves; std 0 for one value, nulls for none."""
+    if not values:
+        return {"mean": None, "std": None, "values": []}
+    mean, std = mean_std(values)
+    return {"mean": mean, "std": std if len(values) > 1 else 0.0, "values": values}
+
+
+def paired_vs(members: list[Run], previous: list[Run]) -> dict | None:
+    """Per-seed test macro-F1 difference from the row above, on the seeds both rows ran. The test split is
+    the same for every seed, so this is the spread over training seeds only (plain SE: no split-overlap
+    correction applies to a fixed test set; it does not cover the sampling of the 379 test reviews)."""
+    from bench.stats import paired
+
+    before = {seed_of(m): m.metrics["macro_f1"] for m in previous}
+    diffs = [m.metrics["macro_f1"] - before[seed_of(m)] for m in members if seed_of(m) in before]
+    return paired(diffs) if len(diffs) > 1 else None
+
+
+def results(found: dict[str, list[Run]], times: dict[str, float], vals: dict[str, float], refs, revs) -> dict:
+    """What the report found, as the results file bench/results/ablation.json holds it."""
+    out, previous = [], None
+    for name, label, overrides in rows():
+        members = sorted(found.get(name, []), key=seed_of)
+        if members:
+            out.append({"name": name, "label": label, "overrides": overrides,
+                        "seeds": [seed_of(m) for m in members], "experiments": [m.name for m in members],
+                        "test": {k: summary([flatten_test(m.metrics)[k] for m in members]) for k, _ in COLUMNS},
+                        "val_macro_f1": summary([vals[m.name] for m in members if m.name in vals]),
+                        "train_wall_s": summary([times[m.name] for m in members if m.name in times]),
+                        "vs_previous": paired_vs(members, previous) if previous else None})
+            previous = members
+    return {"date": time.strftime("%Y-%m-%d"), "commit": git("rev-parse", "HEAD"),
+            "baselines": [git("rev-parse", rev) for rev in revs or ["HEAD"]],
+            "command": " ".join(["python bench/ablation.py report", *(["--rev", *revs] if revs else [])]),
+            "device": "cpu (2 cores)", "seeds": sorted({s for row in out for s in row["seeds"]}), "rows": out,
+            "references": [{"name": n, "test": {k: summary(v[k]) for k, _ in COLUMNS}} for n, v in refs]}
+
+
+def fmt(stat: dict, digits: int = 3) -> str:
+    return cell(stat["values"], digits)
+
+
+def table(res: dict) -> str:
+    """The markdown table of a results dict (what README.md and BENCHMARKS.md quote)."""
+    lines = ["| row | seeds | val macro-F1 | " + " | ".join(label for _, label in COLUMNS)
+             + " | Δ test macro-F1 vs row above (paired) | train time (s) |",
+             "|---|---|---|" + "---|" * len(COLUMNS) + "---|---|"]
+    for ref in res["references"]:
+        lines.append(f"| {ref['name']} (reference) | {len(ref['test']['macro_f1']['values'])} | — | "
+                     + " | ".join(fmt(ref["test"][k]) for k, _ in COLUMNS) + " | — | — |")
+    for row in res["rows"]:
+        vs = row["vs_previous"]
+        delta = f"{vs['mean']:+.3f} ± {vs['se']:.3f} (better on {vs['better']}/{vs['n']})" if vs else "—"
+        lines.append(f"| {row['label']} | {len(set(row['seeds']))} | {fmt(row['val_macro_f1'])} | "
+                     + " | ".join(fmt(row["test"][k]) for k, _ in COLUMNS)
+                     + f" | {delta} | {fmt(row['train_wall_s'], 0)} |")
     return "\n".join(lines) + "\n"
+
+
+def save(res: dict) -> None:
+    """bench/results/ablation.json, and its table beside it as .md."""
+    md = (f"<!-- written by bench/ablation.py from ablation.json ({res['date']}, commit {res['commit'][:7]}, "
+          f"experiments of {', '.join(b[:7] for b in res['baselines'])}) -->\n{table(res)}")
+    for path, text in ((RESULTS, json.dumps(res, indent=2) + "\n"), (RESULTS.with_suffix(".md"), md)):
+        write_text(path, text)
 
 
 def figure(found: dict[str, list[Run]], refs, path: Path) -> None:
@@ -177,14 +232,21 @@ def figure(found: dict[str, list[Run]], refs, path: Path) -> None:
 
 
 def report(revs: list[str]) -> str:
-    """Table of the `abl-*` experiments of the baseline commits `revs` (default HEAD)."""
+    """Results of the `abl-*` experiments of the baseline commits `revs` (default HEAD), written to
+    bench/results/ablation.{json,md}; returns the table."""
     shown = [exp_show(ROOT, rev) for rev in revs or [None]]
     runs = [run for rows_of_rev in shown for run in runs_from_exp_show(rows_of_rev, dedupe=False)]
     found = group_rows(runs)
     seeds = sorted({seed_of(r) for group in found.values() for r in group}) or [42]
     refs = references(seeds)
     figure(found, refs, ROOT / "plots/ablation/macro_f1.png")
-    return table(found, train_times(), {k: v for one in shown for k, v in kept_val_f1(one).items()}, refs)
+    res = results(found, train_times(), {k: v for one in shown for k, v in kept_val_f1(one).items()}, refs, revs)
+    save(res)
+    return table(res)
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """bench/ablation.py: the rows it queues and what its report reads."""
 
-from bench.ablation import group_rows, kept_val_f1, rows, table
+from bench.ablation import group_rows, kept_val_f1, results, rows, table
 from stages.common import read_params
 from tools.grid import Run
 
@@ -36,15 +36,35 @@ def test_report_reads_the_validation_score_of_the_kept_model():
     assert kept_val_f1(shown) == {"abl-a-s1": 0.5, "abl-b-s1": 0.4}
 
 
-def test_a_repeated_row_and_seed_counts_once_keeping_the_last_run():
-    def run(name, f1):
-        return Run(name, {}, {"macro_f1": f1, "accuracy": 0.7, "ece": 0.1, "per_class": {"neutral": {"f1": 0.3}}})
+def run(name, f1):
+    return Run(name, {}, {"macro_f1": f1, "accuracy": 0.7, "ece": 0.1, "per_class": {"neutral": {"f1": 0.3}}})
 
+
+def test_a_repeated_row_and_seed_counts_once_keeping_the_last_run():
     # The same experiment under two baselines (merged `--rev`s), then rerun: seed 42 three times, 43 once.
     runs = [run("abl-final-s42", 0.50), run("abl-final-s43", 0.70), run("abl-final-s42", 0.55),
             run("abl-final-s42", 0.60), run("not-ablation", 0.1)]
     found = group_rows(runs)
     assert [m.metrics["macro_f1"] for m in found["final"]] == [0.60, 0.70] and set(found) == {"final"}
-    line = next(x for x in table(found, {}, {}, []).splitlines() if x.startswith("| gamma 0, 10 epochs"))
+    line = next(x for x in table(results(found, {}, {}, [], [])).splitlines() if x.startswith("| gamma 0, 10 epochs"))
     assert line.split(" | ")[1] == "2"  # distinct seeds, not 4 runs
     assert "0.650 ± 0.071" in line  # mean of 0.60 and 0.70 only
+
+
+def test_results_file_pairs_each_row_with_the_row_above_on_shared_seeds_and_renders_its_table():
+    runs = [run("abl-plain-ce-s42", 0.40), run("abl-plain-ce-s43", 0.50), run("abl-plain-ce-s44", 0.45),
+            run("abl-weights-s42", 0.46), run("abl-weights-s43", 0.52), run("abl-final-s43", 0.60)]
+    refs = [("TF-IDF + LR (balanced)", {"macro_f1": [0.5, 0.48], "accuracy": [0.7, 0.7], "neutral_f1": [0.1, 0.0],
+                                        "ece": [0.1, 0.1]})]
+    res = results(group_rows(runs), {"abl-weights-s42": 100.0}, {"abl-weights-s43": 0.51}, refs, [])
+    plain, weights, final = res["rows"]
+    assert [r["name"] for r in res["rows"]] == ["plain-ce", "weights", "final"] and res["seeds"] == [42, 43, 44]
+    assert plain["vs_previous"] is None and final["vs_previous"] is None  # nothing above / one shared seed
+    vs = weights["vs_previous"]  # seeds 42 and 43: +0.06 and +0.02
+    assert vs["n"] == 2 and vs["better"] == 2 and abs(vs["mean"] - 0.04) < 1e-12 and abs(vs["se"] - 0.02) < 1e-12
+    assert weights["test"]["macro_f1"]["values"] == [0.46, 0.52] and weights["train_wall_s"]["values"] == [100.0]
+    assert weights["val_macro_f1"] == {"mean": 0.51, "std": 0.0, "values": [0.51]}
+    assert len(res["commit"]) == 40 and res["references"][0]["test"]["macro_f1"]["values"] == [0.5, 0.48]
+    lines = table(res).splitlines()
+    assert lines[2].startswith("| TF-IDF + LR (balanced) (reference) | 2 | — | 0.490 ± 0.014 |")
+    assert "| +0.040 ± 0.020 (better on 2/2) | 100 |" in lines[4]
