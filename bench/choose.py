@@ -6,7 +6,7 @@ of the training data, and the official test split is never read. For every candi
 scratch copy of the pipeline (PIPELINE_ROOT), and the kept model's validation macro-F1
 and cross-entropy are collected into a mean ± std table over seeds.
 
-The splits overlap (they are drawn from the same 599 reviews), so the paired column's error
+The splits overlap (all are drawn from the same training reviews), so the paired column's error
 is the Nadeau-Bengio corrected standard error (bench/stats.py) with the sizes of one split's
 train and validation parts, which every run records; the plain SE would understate it.
 
