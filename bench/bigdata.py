@@ -8,7 +8,9 @@ reads prepare's train split in place of augment's output (the rows `augment.enab
 passes through; augment is not part of this benchmark). tests/test_bigdata.py uses the same
 harness with a tiny model.
 
-Run: python bench/bigdata.py [N]   (default 200000 rows, base model bundled-minilm)
+Writes bench/results/bigdata.{json,md}: per size and stage, wall seconds and peak RSS.
+
+Run: python bench/bigdata.py [N ...]   (default 200000 rows, base model bundled-minilm)
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import platform
 import random
 import resource
 import shutil
@@ -26,11 +27,17 @@ import tempfile
 import time
 from collections import deque
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import record  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("prepare", "tokenizer", "alpha")
+MODEL = "bundled-minilm"
 # Imbalanced like real label sets: the rarest class has 1/30 of the largest one's rows.
 CLASS_SHARES = {"sports": 0.45, "politics": 0.25, "tech": 0.15, "health": 0.1, "travel": 0.05}
 REPEAT_SHARE = 0.03  # rows that repeat an earlier text (dedupe has work to do)
@@ -100,19 +107,40 @@ def run_stage(root: Path, stage: str) -> dict[str, float]:
     return json.loads(done.stdout.splitlines()[-1])
 
 
+def bench(sizes: list[int], model_name: str, setup: Callable[[Path], None] | None = None) -> list[dict]:
+    """For each size: a fresh scratch project (then `setup(root)`, e.g. a local model), every stage run once."""
+    runs = []
+    for n_rows in sizes:
+        with tempfile.TemporaryDirectory(prefix="bigdata-") as tmp:
+            root = Path(tmp)
+            make_project(root, n_rows, model_name)
+            if setup:
+                setup(root)
+            csv_bytes = (root / "data/raw/big.csv").stat().st_size
+            runs.append({"rows": n_rows, "csv_bytes": csv_bytes,
+                         "stages": {stage: run_stage(root, stage) for stage in STAGES}})
+    return runs
+
+
+def table(runs: list[dict]) -> str:
+    lines = ["| rows | CSV (MiB) | stage | wall time (s) | peak RSS (MiB) |", "|---:|---:|---|---:|---:|"]
+    for run in runs:
+        for stage, r in run["stages"].items():
+            lines.append(f"| {run['rows']:,} | {run['csv_bytes'] / 2**20:.1f} | {stage} | {r['seconds']:.1f} "
+                         f"| {r['peak_mib']:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--measure"]:
         return measure(sys.argv[2])
-    n_rows = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
-    with tempfile.TemporaryDirectory(prefix="bigdata-") as tmp:
-        root = Path(tmp)
-        make_project(root, n_rows, "bundled-minilm")
-        size_mib = (root / "data/raw/big.csv").stat().st_size / 2**20
-        results = {stage: run_stage(root, stage) for stage in STAGES}
-    print(f"\n{n_rows} rows ({size_mib:.1f} MiB CSV); {platform.machine()}, {len(os.sched_getaffinity(0))} cores\n")
-    print("| stage | wall time (s) | peak RSS (MiB) |\n|---|---:|---:|")
-    for stage, r in results.items():
-        print(f"| {stage} | {r['seconds']:.1f} | {r['peak_mib']:.0f} |")
+    sizes = [int(a) for a in sys.argv[1:]] or [200_000]
+    meta = record.start(f"{record.cpu_name()}, {len(os.sched_getaffinity(0))} cores")
+    runs = bench(sizes, MODEL)
+    md = table(runs)
+    print(md)
+    record.write("bigdata", meta, {"model": MODEL, "class_shares": CLASS_SHARES, "repeat_share": REPEAT_SHARE,
+                                   "conflict_share": CONFLICT_SHARE, "runs": runs}, md)
 
 
 if __name__ == "__main__":

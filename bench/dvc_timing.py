@@ -4,7 +4,8 @@ The no-op repro needs every stage up to date (the script checks `dvc status` fir
 otherwise). The experiment trains a model, so it takes minutes; it runs in the workspace, as
 typed, and leaves its results there (`--temp` runs it in a temporary copy instead). If the
 run-cache already holds a stage's result for these params, DVC restores it instead of running
-it: the table says how many stages ran and how many were restored.
+it: the table says how many stages ran and how many were restored. Writes the table to
+bench/results/dvc_timing.{json,md} of this repository, whichever REPO it timed.
 
 Run (from anywhere; the repo must be a git + DVC repo):
     python bench/dvc_timing.py [REPO] [--noop-repeats 5] [--set loss.gamma=1] [--temp]
@@ -21,6 +22,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import record  # noqa: E402
 
 STAGE_RAN = re.compile(r"^Running stage '([^']+)'", re.M)
 STAGE_RESTORED = re.compile(r"^Stage '([^']+)' is cached - skipping run", re.M)
@@ -71,6 +76,12 @@ def table(rows: list[tuple[str, list[float], str]]) -> str:
     return "\n".join(lines)
 
 
+def results(rows: list[tuple[str, list[float], str]], repo: Path, version: str) -> dict:
+    """The json fields beside the provenance: the timed repo's commit, DVC's version, every run."""
+    return {"repo_commit": record.git("-C", str(repo), "rev-parse", "HEAD"), "dvc_version": version,
+            "runs": [{"command": c, "seconds": s, "stages": st} for c, s, st in rows]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("repo", type=Path, nargs="?", default=Path.cwd())
@@ -82,8 +93,11 @@ def main() -> None:
     repo = args.repo.resolve()
     _, version = dvc(repo, "--version")
     print(f"{repo}; dvc {version.strip()}; load {os.getloadavg()}", flush=True)
-    print(table(time_repo(repo, args.noop_repeats, args.set_param, args.temp)))
-    print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}")
+    meta = record.start(f"{record.cpu_name()}, {len(os.sched_getaffinity(0))} cores")
+    rows = time_repo(repo, args.noop_repeats, args.set_param, args.temp)
+    md = table(rows)
+    print(md)
+    record.write("dvc_timing", meta, results(rows, repo, version.strip()), md)
     if not args.temp:
         print("The workspace now holds the experiment's params and outputs: "
               "`git checkout params.yaml dvc.lock && dvc checkout` returns to the baseline "

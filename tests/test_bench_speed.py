@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ from stages.train import ModelParams, TrainParams, build_model, training_args
 from tests.tiny_bert import build_tiny_bert
 from tests.tiny_classifier import LABELS, TEXTS
 from tests.tiny_marian import build_tiny_marian_pair
+from tests.toy_dvc import init_repo
 
 PROVENANCE = {"date", "commit", "uncommitted", "command", "device", "load_before", "load_after"}
 
@@ -104,3 +107,18 @@ def test_backtranslate_measures_greedy_and_beams_and_writes_both(tmp_path):
     assert all(len(st["seconds"]) == 2 and st["speedup"] > 0 for st in saved["settings"])  # both arms timed
     text = md_path.read_text()
     assert "| greedy | stage path" in text and "| 2 beams | stage path" in text and "RAYON_NUM_THREADS=2" in text
+
+
+def test_stage_resources_times_every_stage_of_another_checkout_and_writes_results(tmp_path):
+    repo = init_repo(tmp_path / "toy")  # one stage, evaluate; the results go to the scratch copy of bench/
+    bench = tmp_path / "copy/bench"
+    bench.mkdir(parents=True)
+    for name in ("stage_resources.py", "record.py"):
+        (bench / name).write_text((record.ROOT / "bench" / name).read_text())
+    subprocess.run([sys.executable, str(bench / "stage_resources.py"), "--repo", str(repo)], check=True,
+                   capture_output=True, text=True)
+    saved = json.loads((bench / "results/stage_resources.json").read_text())
+    assert PROVENANCE | {"repo_commit", "stages"} <= set(saved) and list(saved["stages"]) == ["evaluate"]
+    assert saved["stages"]["evaluate"]["seconds"] > 0 and saved["stages"]["evaluate"]["peak_mib"] > 0
+    md = (bench / "results/stage_resources.md").read_text()
+    assert "| evaluate |" in md and "| **total** |" in md

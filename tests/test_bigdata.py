@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench import bigdata, record
 from bench.bigdata import STAGES, make_project, run_stage
 from stages import common
 from tests.tiny_bert import build_tiny_bert
@@ -38,6 +39,14 @@ BOUND_SHARE = {"prepare": 0.6, "tokenizer": 0.6, "alpha": 0.05}  # alpha: slack 
 MODEL = "models/base/tiny"  # where local base models must live (a DVC dependency)
 
 
+def use_tiny_bpe(root: Path, base: Path) -> None:
+    """The tiny BERT as base model and BPE for SentencePiece (a third of unigram's time and memory on 2 CPUs)."""
+    shutil.copytree(base, root / MODEL)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["tokenizer"]["model_type"] = "bpe"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple[Path, dict[str, dict[str, float]]]]:
     """{rows: (project root, {stage: {"seconds", "peak_mib"}})} for SMALL and ROWS rows."""
@@ -46,10 +55,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple[Path, dict
     for n in (SMALL, ROWS):
         root = tmp_path_factory.mktemp(f"rows{n}-")
         make_project(root, n, MODEL)
-        shutil.copytree(base, root / MODEL)
-        params = yaml.safe_load((root / "params.yaml").read_text())
-        params["tokenizer"]["model_type"] = "bpe"  # a third of unigram's time and memory on 2 CPUs
-        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        use_tiny_bpe(root, base)
         results[n] = root, {stage: run_stage(root, stage) for stage in STAGES}
     return results
 
@@ -85,3 +91,16 @@ def test_every_row_is_accounted_for_and_alpha_counts_the_train_split(runs) -> No
     assert {label: c["count"] for label, c in alpha["per_class"].items()} == prepare["train"]
     tokenizer = common.read_json(root / "metrics/tokenizer.json")
     assert tokenizer["tokens_added"] > 0 and tokenizer["spm_vocab_size"] > 1000
+
+
+def test_bench_writes_every_size_and_stage_to_its_results_files(tmp_path, monkeypatch):
+    """bench() -> table -> results files; the stage runs are faked here (the tests above run them for real)."""
+    ran = []
+    monkeypatch.setattr(bigdata, "run_stage", lambda root, stage: ran.append(stage) or {"seconds": 1.5, "peak_mib": 99.0})
+    runs = bigdata.bench([300, 600], MODEL)
+    json_path, md_path = record.write("bigdata", record.start(), {"runs": runs}, bigdata.table(runs), results=tmp_path)
+    saved = json.loads(json_path.read_text())
+    assert {"date", "commit", "command", "device", "load_before", "load_after"} <= set(saved)
+    assert [(r["rows"], list(r["stages"])) for r in saved["runs"]] == [(300, list(STAGES)), (600, list(STAGES))]
+    assert ran == list(STAGES) * 2 and saved["runs"][0]["csv_bytes"] < saved["runs"][1]["csv_bytes"]
+    assert "| 600 | " in md_path.read_text() and "| tokenizer | 1.5 | 99 |" in md_path.read_text()
