@@ -10,8 +10,9 @@ collator, inside the timed loop; it builds the optimizer the Trainer builds from
 (`Trainer.get_optimizer_cls_and_kwargs`: fused AdamW with torch >= 2.8, no decay on biases and
 LayerNorm), clips to `max_grad_norm`, and sets the same determinism and precision (deterministic
 kernels on CPU, bf16 autocast on CUDA). Both checks run every time: same batches, same optimizer.
-Arms are interleaved (order alternating per repeat); steps/s is over `--steps` steps after `--warmup`.
-Writes bench/results/train_throughput.{json,md} (runs, load average, torch threads, optimizer).
+Arms are interleaved (order alternating per repeat); steps/s is over `--steps` steps after `--warmup`,
+by the wall clock and by this process's CPU time (which, on a CPU shared with other processes, counts
+only our own cycles). Writes bench/results/train_throughput.{json,md} (runs, load, threads, optimizer).
 
 Variants of the Trainer (each against a bare loop on its own batches):
   stage      DataCollatorWithPadding (dynamic padding), random order: what the stage does
@@ -84,22 +85,28 @@ class RecordingCollator:
         return batch
 
 
-class StepClock(TrainerCallback):
-    """Wall time at the end of step `first` and step `last` (synchronising CUDA only there)."""
+def clock(device: str) -> tuple[float, float]:
+    """(wall, this process's CPU) seconds once queued GPU work is done: on a shared CPU the second counts
+    only this process's own cycles (one torch thread: the step's)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter(), time.process_time()
 
-    def __init__(self, first: int, last: int):
-        self.first, self.last, self.times = first, last, {}
+
+def rates(steps: int, start: tuple[float, float], end: tuple[float, float]) -> tuple[float, float]:
+    """Steps/s over wall time and over CPU time."""
+    return steps / (end[0] - start[0]), steps / (end[1] - start[1])
+
+
+class StepClock(TrainerCallback):
+    """clock() at the end of step `first` and step `last` (synchronising CUDA only there)."""
+
+    def __init__(self, first: int, last: int, device: str):
+        self.first, self.last, self.device, self.times = first, last, device, {}
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step in (self.first, self.last):
-            if torch.cuda.is_available() and not args.use_cpu:
-                torch.cuda.synchronize()
-            self.times[state.global_step] = time.perf_counter()
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+            self.times[state.global_step] = clock(self.device)
 
 
 def bench_args(setup: Setup, out_dir: str, variant: str, max_steps: int) -> TrainingArguments:
@@ -120,28 +127,27 @@ def describe(optimizer) -> dict:
             "groups": [[g["weight_decay"], len(g["params"])] for g in optimizer.param_groups]}
 
 
-def trainer_arm(setup: Setup, variant: str, warmup: int, steps: int) -> tuple[float, RecordingCollator, float, dict]:
-    """Steps/s of the stage's Trainer path, what it collated, the SWA update time (s) and its optimizer."""
+def trainer_arm(setup: Setup, variant: str, warmup: int, steps: int) -> tuple[tuple, RecordingCollator, float, dict]:
+    """Steps/s (wall, CPU) of the stage's Trainer path, what it collated, the SWA update time (s), its optimizer."""
     torch.use_deterministic_algorithms(False)  # the Trainer sets what the stage sets (full_determinism on CPU)
     model = build_model(setup.tokenizer, META, setup.model_params, setup.labels, setup.seed)
     label2id = {lab: i for i, lab in enumerate(setup.labels)}
     pad = ({"padding": "max_length", "max_length": setup.model_params.max_length} if variant == "maxlen" else {})
-    clock, swa = StepClock(warmup, warmup + steps), SWACallback(setup.train_params.swa.start_epoch)
+    clock_cb, swa = StepClock(warmup, warmup + steps, setup.device), SWACallback(setup.train_params.swa.start_epoch)
     collator = RecordingCollator(DataCollatorWithPadding(setup.tokenizer, **pad))
     with tempfile.TemporaryDirectory(prefix="bench-train-") as out_dir:
         trainer = FocalTrainer(
             model=model, args=bench_args(setup, out_dir, variant, warmup + steps), data_collator=collator,
             train_dataset=encode(setup.rows, setup.tokenizer, label2id, setup.model_params),
-            compute_metrics=make_compute_metrics(setup.alpha, setup.loss_params), callbacks=[clock, swa],
+            compute_metrics=make_compute_metrics(setup.alpha, setup.loss_params), callbacks=[clock_cb, swa],
             alpha=setup.alpha, loss_params=setup.loss_params, train_params=setup.train_params)
         trainer.remove_callback(PrinterCallback)  # its end-of-training dict would split the result lines
         trainer.train()
-        start = time.perf_counter()
+        start = clock(setup.device)
         swa.update(trainer.model)  # one end-of-epoch SWA snapshot, as the stage takes from start_epoch on
-        sync(setup.device)
-        swa_seconds = time.perf_counter() - start
-    rate = steps / (clock.times[warmup + steps] - clock.times[warmup])
-    return rate, collator, swa_seconds, describe(trainer.optimizer)
+        swa_seconds = clock(setup.device)[0] - start[0]
+    return rates(steps, clock_cb.times[warmup], clock_cb.times[warmup + steps]), collator, swa_seconds, describe(
+        trainer.optimizer)
 
 
 def bare_optimizer(model, args: TrainingArguments) -> torch.optim.Optimizer:
@@ -168,8 +174,8 @@ def bare_step(model, optimizer, batch: dict, max_grad_norm: float, autocast) -> 
 
 
 def bare_arm(setup: Setup, args: TrainingArguments, seen: RecordingCollator, warmup: int
-             ) -> tuple[float, list[dict], dict]:
-    """Steps/s of a plain loop that collates the Trainer's features with the same collator, with the
+             ) -> tuple[tuple, list[dict], dict]:
+    """Steps/s (wall, CPU) of a plain loop that collates the Trainer's features with the same collator, with the
     Trainer's optimizer, clipping, determinism and precision; the batches it made; its optimizer."""
     if args.full_determinism:
         enable_full_determinism(args.seed)  # what the Trainer does with these args
@@ -179,17 +185,15 @@ def bare_arm(setup: Setup, args: TrainingArguments, seen: RecordingCollator, war
     model.train()
     optimizer = bare_optimizer(model, args)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16)
-    start, batches = 0.0, []
+    start, batches = (0.0, 0.0), []
     for i, features in enumerate(seen.features):
         if i == warmup:
-            sync(setup.device)
-            start = time.perf_counter()
+            start = clock(setup.device)
         batch = seen.collator(features)
         batches.append(dict(batch))
         bare_step(model, optimizer, {k: v.to(setup.device, non_blocking=True) for k, v in batch.items()},
                   args.max_grad_norm, autocast)
-    sync(setup.device)
-    return (len(seen.features) - warmup) / (time.perf_counter() - start), batches, describe(optimizer)
+    return rates(len(seen.features) - warmup, start, clock(setup.device)), batches, describe(optimizer)
 
 
 def same_batches(a: list[dict], b: list[dict]) -> bool:
@@ -218,7 +222,7 @@ def load_setup(train_file: Path, device: str, seed: int) -> Setup:
                  common.load_section(TrainParams, "train"), torch.tensor(alpha, dtype=torch.float32), seed, device)
 
 
-def run_arm(setup: Setup, v: str, arm: str, warmup: int, steps: int, seen: dict, info: dict) -> float:
+def run_arm(setup: Setup, v: str, arm: str, warmup: int, steps: int, seen: dict, info: dict) -> tuple:
     """One run of one arm of variant `v`; checks that both arms train on the same batches with the same optimizer."""
     if arm == "trainer":
         rate, collated, info[v]["swa_update_s"], info[v]["trainer_optimizer"] = trainer_arm(setup, v, warmup, steps)
@@ -236,34 +240,39 @@ def run_arm(setup: Setup, v: str, arm: str, warmup: int, steps: int, seen: dict,
 
 
 def measure(setup: Setup, variants: list[str], warmup: int, steps: int, repeats: int) -> dict:
-    """Interleaved repeats: per variant, Trainer then bare (bare then Trainer on odd repeats), each run's
-    steps/s and the 1-minute load average after it."""
-    runs = {v: {"trainer": [], "bare": [], "load": []} for v in variants}
+    """Interleaved repeats: per variant, Trainer then bare (bare then Trainer on odd repeats); each run's
+    steps/s over wall time and over this process's CPU time, and the 1-minute load average after it."""
+    runs = {v: {"trainer": [], "bare": [], "trainer_cpu": [], "bare_cpu": [], "load": []} for v in variants}
     seen: dict[str, RecordingCollator] = {}
     info: dict[str, dict] = {v: {} for v in variants}
     for r in range(repeats):
         for v in variants:
             for arm in ["trainer", "bare"] if r % 2 == 0 or v not in seen else ["bare", "trainer"]:
-                runs[v][arm].append(run_arm(setup, v, arm, warmup, steps, seen, info))
+                wall, cpu = run_arm(setup, v, arm, warmup, steps, seen, info)
+                runs[v][arm].append(wall)
+                runs[v][f"{arm}_cpu"].append(cpu)
                 runs[v]["load"].append(os.getloadavg()[0])
-                print(f"  repeat {r + 1} {v:8s} {arm:8s} {runs[v][arm][-1]:.3f} steps/s  load {os.getloadavg()}",
-                      flush=True)
+                print(f"  repeat {r + 1} {v:8s} {arm:8s} {wall:.3f} steps/s (CPU time: {cpu:.3f})  "
+                      f"load {os.getloadavg()}", flush=True)
     for v in variants:
         info[v]["tokens_per_step"] = statistics.mean(b["input_ids"].numel() for b in seen[v].batches[warmup:])
     return {"runs": runs, "info": info}
 
 
 def table(result: dict, setup_line: str) -> str:
-    """Medians over the repeats: ms per step of each arm, and Trainer steps/s over bare steps/s."""
+    """Medians over the repeats, over wall time and over the process's CPU time: ms per step of each arm,
+    and Trainer steps/s over bare steps/s (per repeat too)."""
     runs, info = result["runs"], result["info"]
-    base = statistics.median(runs[VARIANTS[0]]["trainer"]) if VARIANTS[0] in runs else None
-    lines = [setup_line, "", "| variant | padded tokens/step | Trainer ms/step | bare ms/step | Trainer / bare "
-             "(steps/s) | per repeat | Trainer / stage Trainer |", "|---|---|---|---|---|---|---|"]
+    lines = [setup_line, "", "| variant | padded tokens/step | clock | Trainer ms/step | bare ms/step | Trainer / bare "
+             "(steps/s) | per repeat | Trainer / stage Trainer |", "|---|---|---|---|---|---|---|---|"]
     for v, arms in runs.items():
-        t, b = statistics.median(arms["trainer"]), statistics.median(arms["bare"])
-        paired = ", ".join(f"{x / y:.2f}" for x, y in zip(arms["trainer"], arms["bare"]))
-        lines.append(f"| {v} | {info[v]['tokens_per_step']:.0f} | {1000 / t:.0f} | {1000 / b:.0f} | **{t / b:.2f}** "
-                     f"| {paired} | {f'{t / base:.2f}' if base else '—'} |")
+        for clock_name, suffix in (("wall", ""), ("process CPU", "_cpu")):
+            trainer, bare = arms[f"trainer{suffix}"], arms[f"bare{suffix}"]
+            t, b = statistics.median(trainer), statistics.median(bare)
+            base = statistics.median(runs[VARIANTS[0]][f"trainer{suffix}"]) if VARIANTS[0] in runs else None
+            paired = ", ".join(f"{x / y:.2f}" for x, y in zip(trainer, bare))
+            lines.append(f"| {v} | {info[v]['tokens_per_step']:.0f} | {clock_name} | {1000 / t:.0f} | {1000 / b:.0f} "
+                         f"| **{t / b:.2f}** | {paired} | {f'{t / base:.2f}' if base else '—'} |")
     opt = next(iter(info.values()))["bare_optimizer"]
     swa = ", ".join(f"{v} {info[v]['swa_update_s'] * 1000:.0f} ms" for v in runs)
     return "\n".join(lines) + (

@@ -79,7 +79,8 @@ def test_measure_trains_both_arms_on_the_same_batches_and_writes_results(setup, 
     assert PROVENANCE | {"torch_threads", "runs", "info"} <= set(saved)
     text = md_path.read_text()
     assert text.startswith("<!-- the table of train_throughput.json") and "| stage |" in text
-    assert "Trainer ms/step" in text and "fused=True" in text
+    assert "Trainer ms/step" in text and "| process CPU |" in text and "fused=True" in text
+    assert len(runs["trainer_cpu"]) == len(runs["bare_cpu"]) == 2
 
 
 @pytest.mark.parametrize(("load", "shared"), [(0.4, False), (2.5, True)])
