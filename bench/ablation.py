@@ -37,7 +37,8 @@ STEPS = [
     ("swa", "+ SWA", {"train.swa.enabled": True}),
     ("backtrans", "+ back-translation", {"augment.enabled": True}),
     ("tokenizer", "+ extended tokenizer (the first default)", {"tokenizer.max_new_tokens": 200}),
-    # Chosen on validation over 8 train/val splits (bench/choose.py): focal gamma 2 -> 0, 10 epochs, SWA from 4.
+    # Chosen on validation over 8 train/val splits (bench/choose.py): focal gamma 2 -> 0, 10 epochs, SWA from 4;
+    # the candidates were picked after this ablation's test rows had been seen (BENCHMARKS.md, "Choosing").
     ("final", "gamma 0, 10 epochs, SWA from 4 (= default)", {"loss.gamma": 0, "train.max_epochs": 10,
                                                              "train.swa.start_epoch": 4}),
     # Task-adaptive masked-LM pretraining on the train texts (stages/pretrain.py), on top of the default.
