@@ -98,6 +98,8 @@ def git_commit() -> str:
 def main() -> None:
     if sys.argv[1:2] == ["--measure"]:
         return measure(sys.argv[2:])
+    if sys.argv[1:2] == ["--table"]:  # re-render bench/results/predict.md from the saved runs
+        return save(json.loads(RESULTS.read_text()))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,200000", help="comma-separated row counts")
     parser.add_argument("--model", help="a models/train-style dir, or tiny (default: models/train or a stand-in)")
@@ -125,16 +127,29 @@ def main() -> None:
         "cpus": len(os.sched_getaffinity(0)), "load_avg_at_end": [round(x, 2) for x in os.getloadavg()], "rows": rows,
     }
     saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    key = f"{result['model']}, threads {result['threads']}"
-    RESULTS.write_text(json.dumps({**saved, key: result}, indent=2) + "\n")
-    print(f"\n{result['model']}, max_length {result['max_length']}, batch {args.batch_size}, threads {result['threads']}, "
-          f"{result['device']}, "
-          f"{result['cpus']} cores (load {result['load_avg_at_end']})\n")
-    print("| rows | CSV (MiB) | wall time (s) | rows/s | peak RSS (MiB) |\n|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['rows']:,} | {r['csv_mib']} | {r['seconds']} | {r['rows_per_s']} | {r['peak_rss_mib']} |")
+    save({**saved, f"{result['model']}, threads {result['threads']}": result})
+    print(markdown({"this run": result}))
 
+
+def markdown(saved: dict) -> str:
+    """One table over every saved run (model, threads), what README.md quotes."""
+    lines = ["| model | max length | threads | rows | CSV (MiB) | wall time (s) | rows/s | peak RSS (MiB) | "
+             "1-min load at end |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for run in saved.values():
+        for r in run["rows"]:
+            lines.append(f"| {run['model']} | {run['max_length']} | {run['threads']} | {r['rows']:,} | {r['csv_mib']} "
+                         f"| {r['seconds']} | {r['rows_per_s']} | {r['peak_rss_mib']} | {run['load_avg_at_end'][0]} |")
+    return "\n".join(lines) + "\n"
+
+
+def save(saved: dict) -> None:
+    """bench/results/predict.json and its table (.md) beside it."""
+    from stages.common import write_text
+
+    commits = ", ".join(sorted({run["commit"][:7] for run in saved.values()}))
+    write_text(RESULTS, json.dumps(saved, indent=2) + "\n")
+    write_text(RESULTS.with_suffix(".md"), f"<!-- written by bench/predict_memory.py from predict.json; commits {commits} -->\n"
+               + markdown(saved))
 
 if __name__ == "__main__":
     main()

@@ -75,7 +75,20 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def save(result: dict, path: Path) -> None:
+    """The results json, and its table (.md) beside it: what README.md quotes."""
+    from stages.common import write_text
+
+    write_text(path, json.dumps(result, indent=2) + "\n")
+    write_text(path.with_suffix(".md"), f"<!-- written by bench/remote_roundtrip.py ({result['date'][:10]}, commit "
+               f"{result['commit']}, {result['cpus']} cores, 1-min load at end {result['load_avg_at_end'][0]}) -->\n"
+               + table(result["rows"]) + "\n")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--table"]:  # re-render the .md of the saved results
+        path = REPO / "bench/results/remote.json"
+        return save(json.loads(path.read_text()), path)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes-mb", type=float, nargs="+", default=[0.0625, 90.0],
                         help="sizes of models/train/weights.bin (0.0625 = the tests' toy; 90 = MiniLM's models/train)")
@@ -92,8 +105,7 @@ def main() -> None:
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "commit": commit.stdout.strip(), "command": " ".join(["python", *sys.argv]),
               "cpus": os.cpu_count(), "load_avg_at_end": [round(x, 2) for x in os.getloadavg()], "rows": rows}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    save(result, args.output)
     print(table(rows))
     print(f"wrote {args.output} (commit {result['commit']}, load {result['load_avg_at_end']})")
 
