@@ -69,3 +69,16 @@ def init_new_token_embeddings(model: Any, tokenizer: Any, new_tokens: dict[str, 
     with torch.no_grad():
         for token, sub_ids in new_tokens.items():
             weight[tokenizer.convert_tokens_to_ids(token)] = weight[sub_ids].mean(dim=0)
+
+
+# Options transformers keeps from the load call and writes back into tokenizer_config.json:
+# `local_files_only` is forced true under HF_HUB_OFFLINE=1 (as `make` sets it), so the saved bytes,
+# and every DVC hash downstream, would depend on the environment the stage ran in.
+LOAD_TIME_KWARGS = ("local_files_only",)
+
+
+def save_tokenizer(tok: Any, out_dir: Any) -> None:
+    """`tok.save_pretrained(out_dir)` without the load-time options above: same bytes in any environment."""
+    for key in LOAD_TIME_KWARGS:
+        tok.init_kwargs.pop(key, None)
+    tok.save_pretrained(out_dir)

@@ -37,6 +37,7 @@ from transformers.tokenization_utils_base import generate_merges
 
 from stages import common
 from stages.cli import cli
+from stages.encoder import save_tokenizer
 
 # BERT's special tokens; spm gives them ids 0-4 in this order (the BERT WordPiece order)
 SPECIALS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
@@ -240,7 +241,7 @@ def run(
     with common.atomic_dir(out_dir) as tmp:
         sp = write_spm(train_spm(train_texts, params, lowercase, seed), tmp)
         tok, new_tokens = build(params, sp, base, train_texts, tmp / "spm.model")
-        tok.save_pretrained(tmp)
+        save_tokenizer(tok, tmp)
         meta = {"mode": params.mode, "base_model": model_name, "new_tokens": new_tokens,
                 "spm_vocab_size": sp.get_piece_size(), "model_type": params.model_type,
                 "params": common.as_dict(params), "seed": seed}

@@ -39,7 +39,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 
 from stages import common
 from stages.cli import cli
-from stages.encoder import ModelParams, load_encoder, resolve_device
+from stages.encoder import ModelParams, load_encoder, resolve_device, save_tokenizer
 from stages.focal_loss import LossParams
 from stages.frozen import CachedDataset, FrozenBottom, collate
 from stages.swa import SWACallback, SwaParams, evaluate_best_and_swa
@@ -268,7 +268,7 @@ def save_outputs(root, trainer, tokenizer, labels, seed, model_params, loss_para
     }
     with common.atomic_dir(root / "models/train") as tmp:
         trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
         common.write_json(tmp / "pipeline.json", pipeline)
     common.write_json(root / "plots/train/history.json", history)
     save_history_plot(history, root / "plots/train/history.png")

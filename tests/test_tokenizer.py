@@ -190,3 +190,28 @@ def test_length_stats_do_not_depend_on_the_batch_size(base, monkeypatch: pytest.
     whole = stage.length_stats(base, TRAIN + VAL)
     monkeypatch.setattr(stage, "LENGTH_BATCH", 3)
     assert stage.length_stats(base, iter(TRAIN + VAL)) == whole
+
+
+@pytest.mark.parametrize("offline_first", [True, False])
+def test_the_stage_writes_the_same_bytes_online_and_under_hf_hub_offline(base_dir: Path, tmp_path: Path,
+                                                                         monkeypatch, offline_first: bool) -> None:
+    """transformers forces local_files_only=True in offline mode (`make` sets HF_HUB_OFFLINE=1) and used
+    to write it into tokenizer_config.json, so a `dvc repro` outside make changed models/tokenizer."""
+    import transformers.tokenization_utils_base as tub
+
+    for name, offline in (("a", offline_first), ("b", not offline_first)):
+        monkeypatch.setattr(tub, "is_offline_mode", lambda offline=offline: offline)
+        run_stage(tmp_path, base_dir, name=name)
+    for rel in ("tokenizer/tokenizer_config.json", "tokenizer/tokenizer.json"):
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    assert "local_files_only" not in (tmp_path / "a/tokenizer/tokenizer_config.json").read_text()
+
+
+def test_save_tokenizer_drops_the_load_time_flag_train_would_copy_into_models_train(base_dir: Path,
+                                                                                       tmp_path: Path) -> None:
+    from stages.encoder import save_tokenizer
+
+    for name, local in (("local", True), ("hub", False)):
+        save_tokenizer(AutoTokenizer.from_pretrained(base_dir, local_files_only=local), tmp_path / name)
+    assert ((tmp_path / "local/tokenizer_config.json").read_bytes()
+            == (tmp_path / "hub/tokenizer_config.json").read_bytes())
