@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install mpnet repro test predict report grid bench tables clean-venv
+.PHONY: install mpnet repro test predict report grid bench tables mutate clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,11 @@ tables: install
 
 bench: install
 	$(BIN)/python bench/stage_resources.py
+
+# Mutation testing of the loss, alpha, SWA and metric code with their fast tests (mutmut, one worker, ~10 min
+# on 2 cores; not part of `make test`): bench/results/mutation.{json,md}, work files in mutants/ (git-ignored).
+mutate: install
+	$(BIN)/python bench/mutation.py
 
 clean-venv:
 	rm -rf $(VENV)
