@@ -230,16 +230,23 @@ def test_disabled_swa_may_start_after_the_last_epoch():
     assert common.parse_params(TrainParams, raw, "train").swa.start_epoch == 9
 
 
-def test_validation_loss_does_not_depend_on_eval_batch_size():
+def test_validation_loss_is_the_alpha_weighted_mean_over_every_example():
+    """compute_metrics scores all validation logits at once: split in two unequal parts, its focal loss is
+    the parts' losses weighted by their alpha mass (its CE, by their size), not a mean of batch means."""
+    from stages.focal_loss import focal_loss
+
     g = torch.Generator().manual_seed(0)
     logits, labels = torch.randn(90, 3, generator=g) * 2, torch.randint(0, 3, (90,), generator=g)
     alpha = torch.tensor([0.38, 0.43, 0.19])
     metrics = make_compute_metrics(alpha, LossParams(2.0, 0.1))((logits.numpy(), labels.numpy()))
-    # The same number as the loss over the whole set in one call, whatever batches produced the logits.
-    from stages.focal_loss import focal_loss
-
-    assert metrics["focal_loss"] == pytest.approx(focal_loss(logits, labels, alpha, 2.0, 0.1).item(), rel=1e-6)
-    assert metrics["ce_loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-6)
+    parts = (slice(0, 30), slice(30, 90))
+    focal = [focal_loss(logits[s], labels[s], alpha, 2.0, 0.1).item() for s in parts]
+    mass = [alpha[labels[s]].sum().item() for s in parts]
+    ce = [torch.nn.functional.cross_entropy(logits[s], labels[s]).item() for s in parts]
+    assert metrics["focal_loss"] == pytest.approx((mass[0] * focal[0] + mass[1] * focal[1]) / sum(mass), rel=1e-6)
+    assert metrics["focal_loss"] != pytest.approx(sum(focal) / 2, rel=1e-3)  # the mean of the two batch means
+    assert metrics["ce_loss"] == pytest.approx((30 * ce[0] + 60 * ce[1]) / 90, rel=1e-6)
+    assert metrics["accuracy"] == pytest.approx((logits.argmax(-1) == labels).double().mean().item())
 
 
 def test_validation_macro_f1_equals_evaluates_when_a_class_is_never_predicted_and_another_absent():
@@ -278,37 +285,107 @@ def test_trainer_validation_loss_is_the_same_for_any_eval_batch_size(tiny_root, 
     assert losses == pytest.approx([losses[0]] * 3, rel=1e-5)
 
 
-def test_gradient_accumulation_gives_the_same_update_as_one_batch(tiny_root, tmp_path):
-    """Global batch 8 as GA=1 x 8 or GA=2 x 4 sees the same 8 examples; with SGD the weights must
-    match after one step."""
-    from transformers import BertForSequenceClassification, DataCollatorWithPadding
+# One plain SGD step (lr 0.5, no momentum, no weight decay, no clipping) is linear in the gradient, so a
+# wrong loss scale or normaliser moves the weights by a different amount; skewed alpha makes the alpha
+# mass of any half of the batch differ from the other half's (the half with the one pos row: 1.1, else 0.4).
+STEP_ALPHA, STEP_LR, STEP_LOSS = [0.1, 0.1, 0.8], 0.5, LossParams(2.0, 0.1)
 
+
+def _step_batch(root):
+    """8 train rows (4 neg, 3 neu, 1 pos) encoded for the tiny BERT, and its tokenizer."""
     from stages.train import encode
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_root / "base")
-    rows = common.read_rows(tiny_root / "data/augment/train.jsonl")[:8]
-    data = encode(rows, tokenizer, {l: i for i, l in enumerate(LABELS)},
-                 ModelParams(name="tiny", max_length=32, truncation="head", freeze_layers=0, cache_frozen=True))
+    tokenizer = AutoTokenizer.from_pretrained(root / "base")
+    rows = common.read_rows(root / "data/augment/train.jsonl")  # 8 neg, then 8 neu, then 8 pos
+    data = encode(rows[0:4] + rows[8:11] + rows[16:17], tokenizer, {l: i for i, l in enumerate(LABELS)},
+                  ModelParams(name="tiny", max_length=32, truncation="head", freeze_layers=0, cache_frozen=True))
+    return data, tokenizer
+
+
+def _dropout_free_model(root):
+    from transformers import BertForSequenceClassification
+
+    return BertForSequenceClassification.from_pretrained(root / "base", hidden_dropout_prob=0.0,
+                                                         attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+
+
+def _reference_sgd_step(root) -> dict[str, torch.Tensor]:
+    """w - lr * d/dw of the focal loss of all 8 rows in one forward pass: no Trainer, no processes, no
+    micro-batches; the alpha-weighted mean that every way of splitting the batch must reproduce."""
+    from transformers import DataCollatorWithPadding
+
+    from stages.focal_loss import focal_loss
+
+    data, tokenizer = _step_batch(root)
+    batch = DataCollatorWithPadding(tokenizer)([data[i] for i in range(len(data))])
+    model = _dropout_free_model(root)
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    focal_loss(logits, batch["labels"], torch.tensor(STEP_ALPHA), STEP_LOSS.gamma, STEP_LOSS.label_smoothing).backward()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.grad is not None:
+                param -= STEP_LR * param.grad
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _trainer_sgd_step(root, out_dir, nproc: int = 1, accum: int = 1) -> dict[str, torch.Tensor]:
+    """The weights after FocalTrainer's first optimizer step on the 8 rows (global batch 8), set up by
+    training_args for `nproc` processes x `accum` micro-batches, with the optimizer swapped for plain SGD."""
+    from transformers import DataCollatorWithPadding
+
+    data, tokenizer = _step_batch(root)
     no_swa = SwaParams(enabled=False, start_epoch=2, lr=1e-3, keep="best")
-    seed, _, loss_params, _ = _params(tiny_root)
-    weights = []
+    train_params = TrainParams(max_epochs=1, batch_size=8, learning_rate=STEP_LR, weight_decay=0.0, warmup_ratio=0.0,
+                               early_stopping_patience=1, swa=no_swa, device="cpu", nproc=nproc, grad_accum_steps=accum)
+    model = _dropout_free_model(root)
+    args = training_args(str(out_dir), train_params, seed=7)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (8 // (nproc * accum), accum)
+    args.optim, args.max_steps = "sgd", 1
+    args.max_grad_norm = 0.0  # clipping would rescale a wrongly scaled gradient to norm 1 and hide the error
+    args.eval_strategy = args.save_strategy = "no"
+    args.load_best_model_at_end = False
+    trainer = FocalTrainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer),
+                           alpha=torch.tensor(STEP_ALPHA), loss_params=STEP_LOSS, train_params=train_params)
+    trainer.train()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same_weights(got: dict, want: dict) -> None:
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+def test_gradient_accumulation_gives_the_same_update_as_one_batch(tiny_root, tmp_path):
+    """Global batch 8 as GA=1 x 8 or GA=2 x 4 takes the step of the whole batch's alpha-weighted mean loss."""
+    want = _reference_sgd_step(tiny_root)
+    initial = _dropout_free_model(tiny_root).state_dict()
+    assert (want["classifier.weight"] - initial["classifier.weight"]).abs().max() > 1e-3  # the step moves weights
     for accum in (1, 2):
-        train_params = TrainParams(max_epochs=1, batch_size=8, learning_rate=0.5, weight_decay=0.0,
-                                   warmup_ratio=0.0, early_stopping_patience=1, swa=no_swa, device="cpu", nproc=1,
-                                   grad_accum_steps=accum)
-        model = BertForSequenceClassification.from_pretrained(tiny_root / "base", hidden_dropout_prob=0.0,
-                                                              attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
-        args = training_args(str(tmp_path / f"ga{accum}"), train_params, seed)
-        assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (8 // accum, accum)
-        args.optim, args.max_steps = "sgd", 1
-        args.eval_strategy = args.save_strategy = "no"
-        args.load_best_model_at_end = False
-        trainer = FocalTrainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer),
-                               alpha=torch.tensor([0.1, 0.6, 0.3]), loss_params=loss_params, train_params=train_params)
-        trainer.train()
-        weights.append(model.classifier.weight.detach().clone())
-    assert not torch.equal(weights[0], model.classifier.weight.new_zeros(weights[0].shape))
-    torch.testing.assert_close(weights[0], weights[1], rtol=1e-5, atol=1e-6)
+        _assert_same_weights(_trainer_sgd_step(tiny_root, tmp_path / f"ga{accum}", accum=accum), want)
+
+
+def _trainer_sgd_step_as_rank(rank: int, world_size: int, port: int, root, out_dir) -> None:
+    """Process `rank` of a torchrun-like gloo group on loopback; rank 0 saves the weights after the step."""
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    weights = _trainer_sgd_step(root, out_dir, nproc=world_size)
+    if rank == 0:
+        torch.save(weights, out_dir / "weights.pt")
+
+
+def test_two_gloo_processes_take_the_step_of_the_whole_batch(tiny_root, tmp_path):
+    """DDP: each process's loss is its 4 rows' alpha-weighted sum over the alpha mass of all 8 (gathered
+    across processes), times the process count because DDP averages gradients. With plain SGD a wrong
+    factor or a per-process mass gives another step; the AdamW gloo test normalises most of that away."""
+    import torch.multiprocessing as mp
+
+    from loopback import free_port
+
+    mp.spawn(_trainer_sgd_step_as_rank, args=(2, free_port(), tiny_root, tmp_path), nprocs=2)
+    _assert_same_weights(torch.load(tmp_path / "weights.pt", weights_only=True), _reference_sgd_step(tiny_root))
 
 
 def test_build_model_starts_new_token_rows_at_their_subtoken_mean(tmp_path):
