@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -16,12 +17,15 @@ from stages.evaluate import (
     calibration_bins,
     classification_metrics,
     expected_calibration_error,
+    bias_tuned_metrics,
+    biased_argmax,
     load_split,
     predictions_csv,
     run,
     tune_bias,
 )
 from stages.classifier import Classifier
+from stages.metrics import macro_f1
 from tiny_bert import build_tiny_bert
 
 LABELS = ["negative", "neutral", "positive"]
@@ -44,26 +48,43 @@ def test_calibration_bins_lists_non_empty_bins_in_order():
     assert [b["accuracy"] for b in bins] == [1.0, 0.0, 1.0]
 
 
+def test_calibration_bins_start_at_zero_and_include_their_upper_edge():
+    # 10 classes, 10 bins: confidence 0.1 (uniform) belongs to (0, 0.1], 0.15 to (0.1, 0.2].
+    probs = np.vstack([np.full(10, 0.1), np.r_[0.15, np.full(9, 0.85 / 9)]])
+    bins = calibration_bins(probs, np.array([3, 0]), n_bins=10)
+    assert [b["count"] for b in bins] == [1, 1]
+    assert [b["confidence"] for b in bins] == pytest.approx([0.1, 0.15])
+    assert [b["accuracy"] for b in bins] == [0.0, 1.0]
+
+
 def test_ece_is_zero_when_confidence_equals_accuracy():
     probs = np.tile([0.8, 0.1, 0.1], (10, 1))
     y = np.array([0] * 8 + [1, 2])  # 8 of 10 right at confidence 0.8
     assert expected_calibration_error(probs, y, n_bins=10) == pytest.approx(0.0, abs=1e-12)
 
 
-def test_metrics_agree_with_sklearn_and_hand_cross_entropy():
-    from sklearn.metrics import f1_score
+# Six test rows over four classes: "c" is never predicted and "d" is neither a label nor a prediction.
+# Predictions 0 0 1 1 0 0 for labels 0 0 0 1 1 2: F1 is a 2*2/(2*2+2+1) = 4/7, b 2*1/(2*1+1+1) = 1/2, c 0, d 0.
+HAND_LABELS = ["a", "b", "c", "d"]
+HAND_PROBS = np.array([[0.7, 0.1, 0.1, 0.1], [0.6, 0.2, 0.1, 0.1], [0.3, 0.5, 0.1, 0.1],
+                       [0.2, 0.6, 0.1, 0.1], [0.5, 0.3, 0.1, 0.1], [0.4, 0.2, 0.3, 0.1]])
+HAND_Y = np.array([0, 0, 0, 1, 1, 2])
 
-    rng = np.random.default_rng(0)
-    logits = rng.normal(size=(40, 3))
-    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    y = rng.integers(0, 3, size=40)
-    m = classification_metrics(probs, y, LABELS, ece_bins=10)
-    pred = probs.argmax(axis=1)
-    assert m["accuracy"] == pytest.approx(np.mean(pred == y))
-    assert m["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
-    assert m["weighted_f1"] == pytest.approx(f1_score(y, pred, average="weighted"))
-    assert m["ce_loss"] == pytest.approx(-np.mean(np.log(probs[np.arange(40), y])))
-    assert m["n_test"] == 40
+
+def test_metrics_match_hand_computation_with_a_class_never_predicted_and_one_absent():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 0/0 precision or recall is 0 by definition, not a warning
+        m = classification_metrics(HAND_PROBS, HAND_Y, HAND_LABELS, ece_bins=10)
+        assert macro_f1(HAND_Y, HAND_PROBS.argmax(axis=1), 4) == pytest.approx(15 / 56)
+    assert m["accuracy"] == pytest.approx(3 / 6)
+    assert m["macro_f1"] == pytest.approx((4 / 7 + 1 / 2 + 0 + 0) / 4)  # every class counts, also "d"
+    assert m["weighted_f1"] == pytest.approx((3 * 4 / 7 + 2 * 1 / 2 + 1 * 0) / 6)  # by support
+    assert m["per_class"]["a"] == pytest.approx({"precision": 2 / 4, "recall": 2 / 3, "f1": 4 / 7, "support": 3})
+    assert m["per_class"]["b"] == pytest.approx({"precision": 1 / 2, "recall": 1 / 2, "f1": 1 / 2, "support": 2})
+    assert m["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert m["per_class"]["d"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert m["ce_loss"] == pytest.approx(-np.mean(np.log([0.7, 0.6, 0.3, 0.6, 0.3, 0.3])))
+    assert m["n_test"] == 6
     assert json.loads(json.dumps(m)) == m  # plain JSON types only
 
 
@@ -94,7 +115,7 @@ def test_load_split_names_the_row_with_an_unknown_label(tmp_path):
 
 
 def test_params_reject_zero_bins():
-    with pytest.raises(ParamsError, match="ece_bins"):
+    with pytest.raises(ParamsError, match=r"^evaluate\.ece_bins: 0 is out of range, allowed >= 2"):
         EvaluateParams(batch_size=8, ece_bins=0, bias_search=2.0)
 
 
@@ -195,3 +216,42 @@ def test_tune_bias_keeps_plain_argmax_when_it_is_already_best_or_search_is_off()
     y = np.array([0, 1, 2])
     assert not tune_bias(probs, y, 3, half_width=2.0).any()
     assert not tune_bias(probs, np.array([1, 1, 1]), 3, half_width=0.0).any()
+
+
+def test_tune_bias_keeps_the_bias_nearest_zero_among_equally_good_ones():
+    # Class 1 wins the first two rows by a hair (truth 0): every bias from -0.2 down to -2.0 fixes them
+    # without losing the last two; the search keeps -0.2.
+    probs = np.array([[0.4, 0.45, 0.15]] * 2 + [[0.1, 0.8, 0.1]] * 2)
+    assert tune_bias(probs, np.array([0, 0, 1, 1]), 3, half_width=2.0) == pytest.approx([0.0, -0.2, 0.0])
+
+
+def test_tune_bias_searches_up_to_half_width_and_no_further():
+    # Class 1 takes row 0 (truth 1) only with a bias above log(0.6 / 0.4) = 0.405.
+    probs, y = np.array([[0.6, 0.4], [0.9, 0.1]]), np.array([1, 0])
+    assert tune_bias(probs, y, 2, half_width=0.5) == pytest.approx([0.0, 0.5])
+    assert tune_bias(probs, y, 2, half_width=0.4) == pytest.approx([0.0, 0.0])
+
+
+def test_tune_bias_repeats_passes_until_nothing_changes():
+    # The first pass finds nothing for class 1 and +1 for class 2; only then does +1 on class 1 pay.
+    probs = np.array([[0.45, 0.14, 0.41], [0.6, 0.17, 0.23], [0.19, 0.64, 0.17], [0.12, 0.45, 0.43]])
+    assert tune_bias(probs, np.array([2, 2, 0, 1]), 3, half_width=1.0) == pytest.approx([0.0, 1.0, 1.0])
+
+
+def test_a_bias_can_lift_a_class_whose_probability_is_zero():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no log(0)
+        assert biased_argmax(np.array([[0.9, 0.1, 0.0]]), np.array([0.0, 0.0, 30.0])).tolist() == [2]
+
+
+def test_bias_tuned_metrics_score_every_class_with_the_validation_bias():
+    # Validation is right by argmax, so the bias stays 0 and the test scores are the hand example's.
+    val_probs = np.eye(4) * 0.7 + 0.075
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tuned = bias_tuned_metrics(val_probs, np.arange(4), HAND_PROBS, HAND_Y, HAND_LABELS, half_width=1.0)
+    bias, per_class = tuned.pop("bias"), tuned.pop("per_class_f1")
+    assert bias == {"a": 0.0, "b": 0.0, "c": 0.0, "d": 0.0}
+    assert per_class == pytest.approx({"a": 4 / 7, "b": 0.5, "c": 0.0, "d": 0.0})
+    assert tuned == pytest.approx({"val_macro_f1_argmax": 1.0, "val_macro_f1": 1.0, "accuracy": 0.5,
+                                   "macro_f1": 15 / 56})
