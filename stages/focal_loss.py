@@ -17,7 +17,15 @@ With soft targets q = (1 - eps) * onehot(y) + eps / C and probabilities p = soft
   optimum away from q; here alpha only weights whole examples.)
 
 `1 - p_y` is computed as `-expm1(log p_y)`, and |q - p| is clamped at 1e-6 before the power,
-so confident logits give finite gradients for any gamma >= 0 (also 0 < gamma < 1).
+so confident logits give finite gradients for any gamma >= 0.
+
+For 0 < gamma < 1, |q - p|^gamma has a cusp at p = q: its slope gamma |q - p|^(gamma - 1) grows
+without bound as p nears the target (|dL/dz| about 200 near the optimum at gamma 0.1, 3 classes,
+eps 0.1), so an example that is almost fitted gets the largest gradient of the batch. There the
+factor is (|q - p|^2 + delta^2)^(gamma / 2) with delta = CUSP_DELTA = 1e-3: smooth with slope 0
+at p = q, so p = q stays the optimum, and |dL/dz| stays below 0.3 near it (the same example). It
+is within a factor 1 + gamma delta^2 / (2 |q - p|^2) of |q - p|^gamma: 0.5% at most once
+|q - p| >= 0.01. gamma = 0 (the default) and gamma >= 1 have no cusp and keep |q - p|^gamma as is.
 
 `normalizer` lets the Trainer divide by the alpha mass of the whole accumulated batch, so
 gradient accumulation gives the same update as one large batch.
@@ -35,7 +43,8 @@ import torch.nn.functional as F
 
 from stages.common import Range, check_ranges
 
-GAP_FLOOR = 1e-6  # |q - p| floor: keeps d/dp |q - p|^gamma finite for gamma < 1
+GAP_FLOOR = 1e-6  # |q - p| floor before the power (gamma = 0 and gamma >= 1)
+CUSP_DELTA = 1e-3  # 0 < gamma < 1: |q - p| is smoothed as sqrt(|q - p|^2 + delta^2), see the docstring
 
 
 @dataclass(frozen=True)
@@ -62,8 +71,14 @@ def focal_terms(logits: torch.Tensor, labels: torch.Tensor, gamma: float, label_
     true_class = F.one_hot(labels, num_classes).bool()
     # q - p; on the true class as (1 - p) - (1 - q), exact as p -> 1 where q - p would cancel.
     gap = torch.where(true_class, -torch.expm1(log_p) - (1.0 - targets), targets - log_p.exp())
-    modulating = gap.abs().clamp_min(GAP_FLOOR).pow(gamma)
-    return -(targets * modulating * log_p).sum(dim=-1)
+    return -(targets * modulating_factor(gap, gamma) * log_p).sum(dim=-1)
+
+
+def modulating_factor(gap: torch.Tensor, gamma: float) -> torch.Tensor:
+    """|gap|^gamma; for 0 < gamma < 1, where that has a cusp at gap = 0, (gap^2 + delta^2)^(gamma / 2)."""
+    if 0 < gamma < 1:
+        return (gap.square() + CUSP_DELTA**2).pow(gamma / 2)
+    return gap.abs().clamp_min(GAP_FLOOR).pow(gamma)
 
 
 def focal_loss(
