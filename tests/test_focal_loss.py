@@ -106,6 +106,16 @@ def test_focal_down_weights_easy_examples():
     assert ratio_focal < ratio_ce / 10
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device (CUDA)")
+def test_alpha_on_the_cpu_weights_cuda_logits(batch):
+    """The Trainer keeps alpha on the CPU while the logits are on the GPU."""
+    logits, labels = batch
+    alpha = torch.tensor([0.1, 0.45, 0.12, 0.33])
+    got = focal_loss(logits.cuda(), labels.cuda(), alpha, 2.0, 0.1)
+    assert got.device.type == "cuda"
+    torch.testing.assert_close(got.cpu(), focal_loss(logits, labels, alpha, 2.0, 0.1))
+
+
 def test_focal_casts_half_logits_to_float32(batch):
     logits, labels = batch
     got = focal_loss(logits.half(), labels, gamma=2.0)
