@@ -255,3 +255,4 @@ def test_bias_tuned_metrics_score_every_class_with_the_validation_bias():
     assert per_class == pytest.approx({"a": 4 / 7, "b": 0.5, "c": 0.0, "d": 0.0})
     assert tuned == pytest.approx({"val_macro_f1_argmax": 1.0, "val_macro_f1": 1.0, "accuracy": 0.5,
                                    "macro_f1": 15 / 56})
+    assert bias_tuned_metrics(val_probs, np.arange(4), val_probs, np.arange(4), HAND_LABELS, 1.0)["accuracy"] == 1.0
