@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.record import git  # noqa: E402
 from stages.common import ROOT, save_png, workspace_root, write_text  # noqa: E402
 from tools.grid import Run, cell, exp_show, mean_std, runs_from_exp_show  # noqa: E402
 
@@ -122,7 +123,9 @@ def kept_val_f1(shown: list[dict]) -> dict[str, float]:
         for group in baseline.get("experiments") or []:
             for rev in group.get("revs") or []:
                 train = (((rev.get("data") or {}).get("metrics") or {}).get("metrics/train.json") or {}).get("data")
-                if rev.get("name") and train:
+                if rev.get("name") and "heldout" in (train or {}):  # validation, or out-of-fold
+                    out[rev["name"]] = train["heldout"]["macro_f1"]
+                elif rev.get("name") and train:  # runs from before held-out scores were recorded
                     out[rev["name"]] = (train["swa"] if train["kept"] == "swa" else train["best"])["val_macro_f1"]
     return out
 
@@ -244,10 +247,6 @@ def report(revs: list[str]) -> str:
     res = results(found, train_times(), {k: v for one in shown for k, v in kept_val_f1(one).items()}, refs, revs)
     save(res)
     return table(res)
-
-
-def git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
 
 
 def main() -> None:

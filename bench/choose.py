@@ -38,6 +38,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.record import git  # noqa: E402
 from bench.stats import paired as paired_stats  # noqa: E402
 from stages.common import ROOT, read_json, read_params, workspace_root, write_json, write_text  # noqa: E402
 from tools.grid import cell, mean_std  # noqa: E402
@@ -127,10 +128,11 @@ def run_one(name: str, overrides: dict, seed: int, threads: int | None, where: s
         shutil.copytree(WORK / "splits" / f"s{seed}" / part, root / part)
     run_stages(root, RUN_STAGES, threads)
     metrics = read_json(root / "metrics/train.json")
-    kept = metrics["swa"] if metrics["kept"] == "swa" else metrics["best"]
-    result = {"candidate": name, "seed": seed, "val_macro_f1": kept["val_macro_f1"],
-              "val_ce_loss": kept["val_ce_loss"], "val_accuracy": kept["val_accuracy"],
-              "epochs_run": metrics["epochs_run"], "kept": metrics["kept"],
+    # the held-out rows' scores: validation for one fit, out-of-fold over train + val with train.folds > 1
+    held, fits = metrics["heldout"], list(metrics["folds"].values()) if "folds" in metrics else [metrics]
+    result = {"candidate": name, "seed": seed, "val_macro_f1": held["macro_f1"], "val_ce_loss": held["ce_loss"],
+              "val_accuracy": held["accuracy"], "heldout": held["what"], "heldout_rows": held["rows"],
+              "epochs_run": max(f["epochs_run"] for f in fits), "kept": [f["kept"] for f in fits],
               # reviews in this split's parts (before back-translation): the corrected SE needs them
               "n_train": line_count(root / "data/prepare/train.jsonl"),
               "n_val": line_count(root / "data/prepare/val.jsonl"), "device": where}
@@ -214,15 +216,10 @@ def summary(results: list[dict], baseline: str | None, command: str) -> dict:
                   for k in COLUMNS}
         candidates.append({"name": name, "seeds": sorted(r["seed"] for r in rows), **spread,
                            "vs_baseline": paired(results, name, baseline)})
-    return {"date": time.strftime("%Y-%m-%d"), "commit": git_head(), "command": command,
+    return {"date": time.strftime("%Y-%m-%d"), "commit": git("rev-parse", "HEAD", check=True), "command": command,
             "device": ", ".join(sorted({r.get("device", "not recorded") for r in results})),
             "baseline": baseline, "n_train": n_train, "n_val": n_val,
             "seeds": sorted({r["seed"] for r in results}), "candidates": candidates, "runs": results}
-
-
-def git_head() -> str:
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                          check=True).stdout.strip()
 
 
 def save(results: list[dict], baseline: str | None, command: str, path: Path = RESULTS) -> str:

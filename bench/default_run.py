@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,20 +22,17 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.record import git  # noqa: E402
 from stages.common import ROOT, write_json, write_text  # noqa: E402
 
 RESULTS = ROOT / "bench/results/default_run.json"
 STAGES = ("prepare", "tokenizer", "pretrain", "augment", "alpha", "train", "evaluate")
 
 
-def git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout
-
-
 def committed(rev: str) -> tuple[dict, dict]:
     """(stage -> its metrics file, params.yaml) as committed at `rev`."""
-    metrics = {stage: json.loads(git("show", f"{rev}:metrics/{stage}.json")) for stage in STAGES}
-    return metrics, yaml.safe_load(git("show", f"{rev}:params.yaml"))
+    metrics = {stage: json.loads(git("show", f"{rev}:metrics/{stage}.json", check=True)) for stage in STAGES}
+    return metrics, yaml.safe_load(git("show", f"{rev}:params.yaml", check=True))
 
 
 def rows(m: dict, params: dict) -> list[tuple[str, str]]:
@@ -70,7 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rev", default="HEAD", help="revision whose committed metrics to read")
     rev = parser.parse_args().rev
-    commit = git("rev-parse", rev).strip()
+    commit = git("rev-parse", rev, check=True)
     metrics, params = committed(commit)
     lines = rows(metrics, params)
     res = {"date": time.strftime("%Y-%m-%d"), "commit": commit, "device": "not in metrics/*.json",

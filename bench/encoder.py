@@ -1,4 +1,7 @@
-"""Encoder profiles over seeds: quality, `dvc repro` wall time and peak memory, from pipeline runs.
+"""Pipeline profiles over seeds: quality, `dvc repro` wall time and peak memory, from pipeline runs.
+
+Profiles: the encoders (issue Encoder; bench/results/encoder.json) and the cross-fitting and
+stopping rules (issue Cross-fit; `--results crossfit`: bench/results/crossfit.json).
 
 Each (profile, seed) is one `dvc exp run --force` (every stage re-runs, none restored from the run
 cache) in REPO, a clone of this repository; the run is timed from outside and its peak resident
@@ -9,7 +12,8 @@ the first run of a clone pays the back-translation, later ones mostly hit the ca
 in a row says which it was.
 
 Run: python bench/encoder.py REPO --profile mpnet-freeze10 --seeds 42 43 44 [--resume]
-     python bench/encoder.py --table   # print the markdown table of bench/results/encoder.json
+     python bench/encoder.py REPO --results crossfit --profile folds3 --seeds 42 43 44
+     python bench/encoder.py [--results crossfit] --table   # the markdown table of a results file
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench/results/encoder.json"
+RESULTS_DIR = ROOT / "bench/results"
 # name -> `-S` overrides on top of the committed params.yaml (the ones a user would pass)
 PROFILES = {
     "minilm": [],
@@ -37,6 +41,12 @@ PROFILES = {
     # LR, and a shorter run (full fine-tuning of mpnet bottomed out in val loss at epoch 3 of 6)
     "mpnet-freeze11-short": ["model.name=bundled-mpnet", "model.freeze_layers=11", "train.learning_rate=1e-4",
                              "train.max_epochs=6", "train.swa.start_epoch=3"],
+    # Cross-fit: the defaults (patience counted from swa.start_epoch), Hugging Face's patience rule (the
+    # defaults before), and K fold models over train + val.
+    "default": [],
+    "patience-first-epoch": ["train.patience_from=first_epoch"],
+    "folds3": ["train.folds=3"],
+    "folds5": ["train.folds=5"],
 }
 
 
@@ -63,9 +73,9 @@ def run_pipeline(repo: Path, profile: str, seed: int) -> dict:
     peak_mib = int(child.stdout.split()[-1]) / 1024
     train = json.loads((repo / "metrics/train.json").read_text())
     test = json.loads((repo / "metrics/evaluate.json").read_text())
+    fits = list(train["folds"].values()) if "folds" in train else [train]
     runtime = {p.stem: json.loads(p.read_text()) for p in (repo / ".cache/runtime").glob("*.json")}
     times = [json.loads(p.read_text()) | {"stage": p.stem} for p in (repo / ".cache/runtime/times").glob("*.json")]
-    kept = train["swa"] if train["kept"] == "swa" else train["best"]
     model = json.loads((repo / "models/train/pipeline.json").read_text())["model"]  # what the run really used
     return {
         "profile": profile, "seed": seed, "overrides": sets, "commit": git(repo, "rev-parse", "HEAD"),
@@ -73,23 +83,27 @@ def run_pipeline(repo: Path, profile: str, seed: int) -> dict:
         "model": model, "fresh_translation_cache": fresh, "wall_s": round(wall, 1), "peak_mib": round(peak_mib),
         "train_wall_s": runtime.get("train", {}).get("wall_time_s"),
         "stage_s": {t["stage"]: round(t["ended"] - t["started"], 1) for t in times if t["started"] >= start_epoch},
-        "val_macro_f1": kept["val_macro_f1"], "val_ce_loss": kept["val_ce_loss"],
-        "epochs_run": train["epochs_run"], "best_epoch": train["best"]["epoch"], "kept": train["kept"],
+        # the held-out rows' scores: validation (90 reviews on the drug reviews) or out-of-fold (all ~600)
+        "heldout": train["heldout"]["what"], "heldout_rows": train["heldout"]["rows"],
+        "val_macro_f1": train["heldout"]["macro_f1"], "val_ce_loss": train["heldout"]["ce_loss"],
+        "epochs_run": [f["epochs_run"] for f in fits], "best_epoch": [f["best"]["epoch"] for f in fits],
+        "kept": [f["kept"] for f in fits], "snapshots": [(f["swa"] or {}).get("snapshots", 0) for f in fits],
         "test_macro_f1": test["macro_f1"], "test_accuracy": test["accuracy"],
+        "test_bias_tuned_macro_f1": test["bias_tuned"]["macro_f1"],
         "test_neutral_f1": test["per_class"]["neutral"]["f1"], "test_ece": test["ece"],
     }
 
 
-def load() -> list[dict]:
-    return json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+def load(results: Path) -> list[dict]:
+    return json.loads(results.read_text()) if results.exists() else []
 
 
-def save(rows: list[dict]) -> None:
+def save(rows: list[dict], results: Path) -> None:
     """The rows, and their table as markdown beside them (what README.md and BENCHMARKS.md quote)."""
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    md = (f"<!-- written by bench/encoder.py from {RESULTS.name}; commits "
+    results.parent.mkdir(parents=True, exist_ok=True)
+    md = (f"<!-- written by bench/encoder.py from {results.name}; commits "
           f"{', '.join(sorted({r['commit'][:7] for r in rows}))} -->\n{table(rows)}\n")
-    for path, text in ((RESULTS, json.dumps(rows, indent=2) + "\n"), (RESULTS.with_suffix(".md"), md)):
+    for path, text in ((results, json.dumps(rows, indent=2) + "\n"), (results.with_suffix(".md"), md)):
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(path)
@@ -104,6 +118,8 @@ def table(rows: list[dict]) -> str:
     by_profile: dict[str, dict[int, dict]] = {}
     for row in rows:
         by_profile.setdefault(row["profile"], {})[row["seed"]] = row
+    if all("heldout" in r for r in rows):
+        return crossfit_table(by_profile)
     lines = ["| profile | seeds | val macro-F1 | test macro-F1 | neutral F1 | ECE | `dvc repro` min, fastest / mean "
              "| peak GiB |", "|---|---|---|---|---|---|---|---|"]
     for profile, seeds in by_profile.items():
@@ -116,6 +132,21 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def crossfit_table(by_profile: dict[str, dict[int, dict]]) -> str:
+    """The table of runs that record their held-out scores (validation or out-of-fold) and every fit's epochs."""
+    lines = ["| profile | seeds | held out (rows) | held-out macro-F1 | test macro-F1 | test, bias tuned | neutral F1 "
+             "| ECE | epochs run / SWA snapshots (per fit) | `dvc repro` min, mean |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for profile, seeds in by_profile.items():
+        r = [seeds[s] for s in sorted(seeds)]
+        col = lambda key: mean_std([x[key] for x in r])  # noqa: E731
+        fits = "; ".join(f"{'/'.join(map(str, x['epochs_run']))} : {'/'.join(map(str, x['snapshots']))}" for x in r)
+        lines.append(f"| {profile} | {','.join(map(str, sorted(seeds)))} | {r[0]['heldout']} ({r[0]['heldout_rows']}) "
+                     f"| {col('val_macro_f1')} | {col('test_macro_f1')} | {col('test_bias_tuned_macro_f1')} | "
+                     f"{col('test_neutral_f1')} | {col('test_ece')} | {fits} | "
+                     f"{statistics.mean(x['wall_s'] for x in r) / 60:.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("repo", type=Path, nargs="?")
@@ -123,19 +154,21 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--resume", action="store_true", help="skip (profile, seed) pairs already in the results")
     parser.add_argument("--table", action="store_true", help="only print the table of the results file")
+    parser.add_argument("--results", default="encoder", help="bench/results/NAME.json (default: encoder)")
     args = parser.parse_args()
+    results = RESULTS_DIR / f"{args.results}.json"
     if not args.table:
         if args.repo is None:
             sys.exit("bench/encoder.py: give the clone to run in (REPO), or --table")
         for profile in args.profile:
             for seed in args.seeds:
-                rows = load()
+                rows = load(results)
                 if args.resume and any(r["profile"] == profile and r["seed"] == seed for r in rows):
                     continue
                 row = run_pipeline(args.repo.resolve(), profile, seed)
-                save([*load(), row])
+                save([*load(results), row], results)
                 print(json.dumps(row))
-    print(table(load()))
+    print(table(load(results)))
 
 
 if __name__ == "__main__":

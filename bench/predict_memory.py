@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bigdata.py, beside t
 
 from bigdata import write_corpus  # noqa: E402
 
+from bench import record  # noqa: E402  (bigdata put the repo root on sys.path)
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench/results/predict.json"  # one entry per model and --threads: {"<model>, threads <n>": run}
 
@@ -90,11 +92,6 @@ def run_size(tmp: Path, n_rows: int, model: Path, batch_size: int, threads: int 
             "rows_per_s": round(n_rows / result["seconds"], 1), "peak_rss_mib": round(result["peak_mib"])}
 
 
-def git_commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return done.stdout.strip() or "unknown"
-
-
 def main() -> None:
     if sys.argv[1:2] == ["--measure"]:
         return measure(sys.argv[2:])
@@ -120,7 +117,8 @@ def main() -> None:
         rows = [run_size(Path(tmp), int(n), model, args.batch_size, args.threads) for n in args.sizes.split(",")]
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(), "command": " ".join(["python", "bench/predict_memory.py", *sys.argv[1:]]),
+        "commit": record.git("rev-parse", "--short", "HEAD") or "unknown",
+        "command": " ".join(["python", "bench/predict_memory.py", *sys.argv[1:]]),
         "model": pipeline.get("note", str(model)), "max_length": pipeline["model"]["max_length"],
         "truncation": pipeline["model"]["truncation"], "batch_size": args.batch_size, "threads": args.threads or "default",
         "device": "cuda" if torch.cuda.is_available() else "cpu", "machine": platform.machine(),

@@ -5,7 +5,8 @@ load average before and after); the md holds a line saying when, where and under
 table that tools/tables.py copies into README.md and BENCHMARKS.md. `start()` before measuring,
 `write()` after: a run's load is only known once it has ended.
 
-Used by: bench/train_throughput.py, backtranslate.py, bigdata.py, dvc_timing.py, stage_resources.py.
+Used by: bench/train_throughput.py, backtranslate.py, bigdata.py, dvc_timing.py, stage_resources.py,
+mutation.py; `git()` also by ablation.py, choose.py and predict_memory.py.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ def cpu_name() -> str:
     return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "cpu")
 
 
-def git(*args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+def git(*args: str, check: bool = False) -> str:
+    """`git ARGS` in the repo root, stripped stdout; "" on failure unless `check` (then it raises)."""
+    done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=check)
     return done.stdout.strip() if done.returncode == 0 else ""
 
 

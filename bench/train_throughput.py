@@ -49,8 +49,10 @@ from stages import common  # noqa: E402
 from stages.alpha import class_counts, compute_alpha  # noqa: E402
 from stages.focal_loss import LossParams  # noqa: E402
 from stages.swa import SWACallback  # noqa: E402
-from stages.train import (  # noqa: E402
-    FocalTrainer, ModelParams, TrainParams, build_model, encode, make_compute_metrics, training_args)
+from stages.encoder import ModelParams  # noqa: E402
+from stages.fit import build_model, encode  # noqa: E402
+from stages.train import TrainParams  # noqa: E402
+from stages.trainer import FocalTrainer, make_compute_metrics, training_args  # noqa: E402
 
 VARIANTS = ("stage", "grouped", "maxlen")
 META = {"mode": "extend", "new_tokens": {}}  # the base tokenizer: no added rows to initialise

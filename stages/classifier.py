@@ -31,8 +31,10 @@ def clean_texts(texts: Iterable[Any], where: str, first_row: int = 1) -> list[st
 
 @dataclass(frozen=True)
 class Classifier:
+    """One model, or the fold models of a cross-fitted run (pipeline.json "members"), whose class
+    probabilities are averaged."""
     tokenizer: Any
-    model: Any
+    models: tuple[Any, ...]
     labels: list[str]
     max_length: int
     truncation: str  # head | head_tail, see common.tokenize
@@ -51,16 +53,20 @@ class Classifier:
         pipeline = read_json(model_dir / "pipeline.json")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        # safetensors only: a pickled .bin from an untrusted dir could run code on load
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
-        if model.config.num_labels != len(pipeline["labels"]):
-            raise ValueError(f"{model_dir}: model has {model.config.num_labels} classes, pipeline.json lists "
-                             f"{len(pipeline['labels'])}: re-run the train stage")
-        return cls(tokenizer, model.to(device).eval(), list(pipeline["labels"]), int(pipeline["model"]["max_length"]),
+        models = []
+        for member in [model_dir / m for m in pipeline.get("members", [])] or [model_dir]:
+            # safetensors only: a pickled .bin from an untrusted dir could run code on load
+            model = AutoModelForSequenceClassification.from_pretrained(member, use_safetensors=True)
+            if model.config.num_labels != len(pipeline["labels"]):
+                raise ValueError(f"{member}: model has {model.config.num_labels} classes, pipeline.json lists "
+                                 f"{len(pipeline['labels'])}: re-run the train stage")
+            models.append(model.to(device).eval())
+        return cls(tokenizer, tuple(models), list(pipeline["labels"]), int(pipeline["model"]["max_length"]),
                    pipeline["model"]["truncation"], device)
 
     def predict_proba(self, texts: list[str], batch_size: int, progress: str | None = None) -> np.ndarray:
-        """Class probabilities (n, k): float64 softmax of fp32 logits, in the order of `texts`.
+        """Class probabilities (n, k): float64 softmax of fp32 logits, in the order of `texts`; the mean
+        over the models of a cross-fitted run.
 
         Texts of similar length share a batch (less padding, same logits: the attention mask).
         `progress`: a tqdm bar with this description, one step per batch."""
@@ -68,16 +74,23 @@ class Classifier:
         from tqdm.auto import tqdm
 
         order = np.argsort([len(t) for t in texts], kind="stable")
-        logits = np.empty((len(texts), len(self.labels)), dtype=np.float32)
+        logits = np.empty((len(self.models), len(texts), len(self.labels)), dtype=np.float32)
         starts = range(0, len(texts), batch_size)
         with torch.inference_mode():
             for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None):
                 idx = order[start : start + batch_size]
                 enc = tokenize(self.tokenizer, [texts[i] for i in idx], self.max_length, self.truncation)
                 enc = self.tokenizer.pad(enc, return_tensors="pt").to(self.device)
-                logits[idx] = self.model(**enc).logits.float().cpu().numpy()
-        z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-        return np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+                for m, model in enumerate(self.models):
+                    logits[m, idx] = model(**enc).logits.float().cpu().numpy()
+        return np.mean([softmax(z) for z in logits], axis=0)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """float64 softmax over the last axis of fp32 logits (train's held-out scores use it too)."""
+    z = np.asarray(logits, dtype=np.float32).astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
 
 
 def prob_columns(labels: list[str]) -> list[str]:

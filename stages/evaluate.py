@@ -1,10 +1,11 @@
 """Score the trained classifier on the held-out test split: quality, calibration, plots.
 
-Inputs:  models/train/ (HF model + tokenizer + pipeline.json), data/prepare/{test,val}.jsonl,
-         data/prepare/labels.json
+Inputs:  models/train/ (HF model(s) + tokenizer + pipeline.json + heldout.json: the probabilities
+         train gave the rows it held out), data/prepare/{test.jsonl,labels.json}
 Outputs: metrics/evaluate.json (accuracy, macro/weighted F1, per-class P/R/F1, ECE, CE loss of
          argmax predictions; and `bias_tuned`: the same test scores with per-class logit biases
-         tuned on validation for macro-F1, a decision rule for the minority classes),
+         tuned for macro-F1 on the held-out rows: validation, or out-of-fold with train.folds > 1;
+         a decision rule for the minority classes),
          plots/evaluate/predictions.csv (dvc confusion plot), calibration.json (reliability
          diagram), confusion.png (static image: `dvc plots show` HTML needs a CDN to render)
 Params:  evaluate (batch_size, ece_bins, bias_search)
@@ -178,11 +179,20 @@ def save_confusion_png(path: Path, y: np.ndarray, pred: np.ndarray, labels: list
     save_png(fig, path)
 
 
+def heldout(model_dir: Path, labels: list[str]) -> tuple[np.ndarray, np.ndarray, str]:
+    """(probabilities, class ids, what) of the rows the trained model(s) did not train on, as train scored
+    them (models/train/heldout.json): validation for one model, out-of-fold for a cross-fitted run."""
+    saved = read_json(model_dir / "heldout.json")
+    index = {label: i for i, label in enumerate(labels)}
+    what = "out-of-fold" if read_json(model_dir / "pipeline.json").get("members") else "validation"
+    return np.array(saved["probs"], dtype=np.float64), np.array([index[lab] for lab in saved["labels"]]), what
+
+
 def run(params: EvaluateParams, model_dir: Path = ROOT / "models/train", data_dir: Path = ROOT / "data/prepare",
         metrics_path: Path = ROOT / "metrics/evaluate.json", plots_dir: Path = ROOT / "plots/evaluate") -> dict:
     """Predict the test split with the trained model and write metrics and plots."""
-    for path, stage in ((model_dir / "pipeline.json", "train"), (data_dir / "test.jsonl", "prepare"),
-                        (data_dir / "val.jsonl", "prepare"), (data_dir / "labels.json", "prepare")):
+    for path, stage in ((model_dir / "pipeline.json", "train"), (model_dir / "heldout.json", "train"),
+                        (data_dir / "test.jsonl", "prepare"), (data_dir / "labels.json", "prepare")):
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: run `dvc repro {stage}` first")
     pipeline = read_json(model_dir / "pipeline.json")
@@ -191,11 +201,10 @@ def run(params: EvaluateParams, model_dir: Path = ROOT / "models/train", data_di
         raise ValueError(f"{model_dir / 'pipeline.json'} labels {pipeline['labels']} differ from "
                          f"{data_dir / 'labels.json'} {labels}: re-run the train stage on this data")
     ids, texts, y = load_split(data_dir / "test.jsonl", labels)
-    _, val_texts, val_y = load_split(data_dir / "val.jsonl", labels)
-    print(f"evaluate: {len(texts)} test rows, {len(val_texts)} val rows, {len(labels)} classes, model {model_dir}")
+    val_probs, val_y, what = heldout(model_dir, labels)
+    print(f"evaluate: {len(texts)} test rows, {len(val_y)} {what} rows, {len(labels)} classes, model {model_dir}")
     # Texts are cut as in training (model.max_length / model.truncation, saved in pipeline.json).
-    classifier = Classifier.load(model_dir)
-    probs, val_probs = (classifier.predict_proba(t, params.batch_size, "evaluate") for t in (texts, val_texts))
+    probs = Classifier.load(model_dir).predict_proba(texts, params.batch_size, "evaluate")
     metrics = classification_metrics(probs, y, labels, params.ece_bins)
     metrics["bias_tuned"] = bias_tuned_metrics(val_probs, val_y, probs, y, labels, params.bias_search)
     save_confusion_png(plots_dir / "confusion.png", y, probs.argmax(axis=1), labels)

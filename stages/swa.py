@@ -35,7 +35,7 @@ class SwaParams:
     # the climb out of the random head; averaging it in (or starting SWALR in it) drops the warmup.
     start_epoch: Annotated[int, Range(2, why="epoch 1 is the warmup")]
     lr: Annotated[float, POSITIVE]
-    keep: Literal["best", "swa", "auto"]  # auto: whichever has the lower validation loss
+    keep: Literal["best", "swa", "auto"]  # auto: whichever scores better on train.select_metric
 
     def __post_init__(self) -> None:
         check_ranges(self, "train.swa")
@@ -72,15 +72,28 @@ class SWACallback(TrainerCallback):
         return 0 if self.averaged is None else int(self.averaged.n_averaged.item())
 
 
-def evaluate_best_and_swa(trainer, swa_cb: SWACallback | None, keep: str) -> tuple[dict, dict | None, str]:
-    """Evaluate the restored best model and the averaged one; leave the kept one in `trainer.model`."""
+# train.select_metric -> (the Trainer's validation key, higher is better): what `keep: auto` compares.
+SELECT_METRICS = {"macro_f1": ("eval_macro_f1", True), "ce_loss": ("eval_ce_loss", False),
+                  "focal_loss": (VAL_LOSS, False)}
+
+
+def better_or_equal(a: dict, b: dict, select_metric: str) -> bool:
+    """Whether validation metrics `a` score at least as well as `b` on `select_metric`."""
+    key, higher = SELECT_METRICS[select_metric]
+    return a[key] >= b[key] if higher else a[key] <= b[key]
+
+
+def evaluate_best_and_swa(trainer, swa_cb: SWACallback | None, keep: str,
+                          select_metric: str = "focal_loss") -> tuple[dict, dict | None, str]:
+    """Evaluate the restored best model and the averaged one; leave the kept one in `trainer.model`.
+    `keep: auto` keeps SWA unless the best checkpoint scores strictly better on `select_metric`."""
     best = trainer.evaluate()
     if swa_cb is None or swa_cb.snapshots == 0:
         return best, None, "best"
     best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     trainer.model.load_state_dict(swa_cb.averaged.module.state_dict())
     swa = trainer.evaluate()
-    kept = keep if keep != "auto" else ("swa" if swa[VAL_LOSS] <= best[VAL_LOSS] else "best")
+    kept = keep if keep != "auto" else ("swa" if better_or_equal(swa, best, select_metric) else "best")
     if kept == "best":
         trainer.model.load_state_dict(best_state)
     return best, swa, kept

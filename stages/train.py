@@ -1,12 +1,20 @@
 """Fine-tune a transformer classifier with focal loss, cosine LR, early stopping and SWA.
 
-Hugging Face `Trainer` does the loop: AdamW with decoupled weight decay, cosine schedule
-with warmup, evaluation every epoch, early stopping on validation loss with the best
-checkpoint restored. From `train.swa.start_epoch` the LR anneals to `train.swa.lr`
-(torch SWALR) and the weights are averaged at the end of every epoch
-(torch AveragedModel); the averaged model is evaluated on val too, and `train.swa.keep`
-picks which one is the stage's output. `train.device` picks CPU or CUDA; on CUDA, AMP
-(bf16 where supported, else fp16) with the loss in float32; fp32 and deterministic on CPU.
+Hugging Face `Trainer` does the loop (stages/fit.py, stages/trainer.py): AdamW with decoupled
+weight decay, cosine schedule with warmup, evaluation every epoch, early stopping on validation
+loss with the best checkpoint restored; patience counts from `train.swa.start_epoch`
+(`train.patience_from`). From that epoch the LR anneals to `train.swa.lr` (torch SWALR) and the
+weights are averaged at the end of every epoch (torch AveragedModel); the averaged model is
+evaluated on val too, and `train.swa.keep` picks which one is the stage's output (`auto`: the one
+scoring better on `train.select_metric`). `train.device` picks CPU or CUDA; on CUDA, AMP (bf16
+where supported, else fp16) with the loss in float32; fp32 and deterministic on CPU.
+
+`train.folds: K` > 1 cross-fits (stages/folds.py): K fold models over train + val, each
+early-stopped on its own held-out fold; their out-of-fold predictions score every labelled
+review, and `evaluate` scores the mean of their probabilities. One stage loops over the folds
+rather than a `foreach` stage per fold: K is a param (a `foreach` list would have to repeat it in
+dvc.yaml), every fold needs the same inputs, and the ensemble and the out-of-fold scores need
+all folds at once; on several GPUs `train.nproc` speeds up each fold instead.
 
 `train.nproc` > 1 makes the stage relaunch itself under torchrun (DDP: NCCL on CUDA, gloo
 on CPU), so `dvc repro` is unchanged. `train.batch_size` is the global batch (examples per
@@ -16,8 +24,9 @@ scaling. Only rank 0 writes outputs.
 
 Inputs:  data/augment/train.jsonl, data/prepare/{val.jsonl,labels.json},
          data/alpha/alpha.json, models/tokenizer/, models/pretrain/ (its encoder, when that stage ran)
-Outputs: models/train/ (model, tokenizer, pipeline.json), metrics/train.json,
-         plots/train/history.{json,png}; .cache/runtime/train.json (device, wall time: MLflow only)
+Outputs: models/train/ (model or fold-<k>/ models, tokenizer, pipeline.json, heldout.json: the
+         held-out probabilities), metrics/train.json, plots/train/history.{json,png};
+         .cache/runtime/train.json (device, wall time: MLflow only)
 Params:  seed, model, loss, train
 Run:     python -m stages.train
 """
@@ -34,24 +43,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
+import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, EarlyStoppingCallback
+from transformers import AutoTokenizer
 
-from stages import common
+from stages import common, folds
 from stages.cli import cli
-from stages.encoder import ModelParams, load_encoder, resolve_device, save_tokenizer
+from stages.encoder import ModelParams, resolve_device, save_tokenizer
+from stages.fit import Setup, fit, pretrained_encoder
 from stages.focal_loss import LossParams
-from stages.frozen import CachedDataset, FrozenBottom, collate
-from stages.swa import SWACallback, SwaParams, evaluate_best_and_swa
-from stages.trainer import (  # noqa: F401  (FocalTrainer, make_compute_metrics, training_args: used by tests/bench)
-    CKPT_DIR_ENV,
-    FocalTrainer,
-    val_metrics,
-    checkpoint_dir,
-    history_from_logs,
-    make_compute_metrics,
-    training_args,
-)
+from stages.metrics import macro_f1
+from stages.swa import SwaParams
+from stages.trainer import CKPT_DIR_ENV
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,13 @@ class TrainParams:
     device: Literal["auto", "cpu", "cuda"]  # auto: CUDA when torch sees a GPU
     nproc: Annotated[int, common.AT_LEAST_1]  # DDP processes (torchrun --nproc_per_node); one per GPU
     grad_accum_steps: Annotated[int, common.AT_LEAST_1]
+    # 1: train on train, validate on val. K > 1: K fold models over train + val (stages/folds.py).
+    folds: Annotated[int, common.AT_LEAST_1]
+    # swa_start: patience counts from train.swa.start_epoch, so SWA averages >= patience snapshots;
+    # first_epoch: from epoch 1 (Hugging Face's rule). Either way the best checkpoint is over all epochs.
+    patience_from: Literal["swa_start", "first_epoch"]
+    # What `train.swa.keep: auto` compares on the held-out rows (ties keep SWA).
+    select_metric: Literal["macro_f1", "ce_loss", "focal_loss"]
 
     def __post_init__(self) -> None:
         common.check_ranges(self, "train")
@@ -80,64 +90,6 @@ class TrainParams:
                 "or SWA would never average anything; or set train.swa.enabled: false")
 
 
-def build_model(tokenizer, meta: dict, model_params: ModelParams, labels: list[str], seed: int,
-                pretrained: Path | None = None):
-    """A fresh classification head on the pretrain stage's encoder when it ran (`pretrained`), else on
-    the base model fitted to the tokenizer (`encoder.load_encoder`)."""
-    label_kwargs = {
-        "num_labels": len(labels),
-        "id2label": dict(enumerate(labels)),
-        "label2id": {lab: i for i, lab in enumerate(labels)},
-    }
-    if pretrained is None:
-        source = common.resolve_model_name(model_params.name)
-        return load_encoder(AutoModelForSequenceClassification, source, tokenizer, meta, seed, **label_kwargs)
-    torch.manual_seed(seed)  # the new head is random
-    return AutoModelForSequenceClassification.from_pretrained(pretrained, use_safetensors=True, **label_kwargs)
-
-
-def pretrained_encoder(path: Path, model_name: str, tokenizer) -> Path | None:
-    """models/pretrain when the pretrain stage trained an encoder there, else None; a stale one fails."""
-    meta = common.read_json(path / "pretrain_meta.json")
-    if not meta["enabled"]:
-        return None
-    if meta["base_model"] != model_name or meta["vocab_size"] != len(tokenizer):
-        raise ValueError(f"{path} was pretrained from {meta['base_model']!r} with {meta['vocab_size']} tokens, not "
-                         f"model.name={model_name!r} with {len(tokenizer)}: re-run the pipeline (`dvc repro`).")
-    return path
-
-
-def encode(rows: list[dict], tokenizer, label2id: dict[str, int], model_params: ModelParams):
-    from datasets import Dataset
-
-    enc = common.tokenize(tokenizer, [r["text"] for r in rows], model_params.max_length, model_params.truncation)
-    return Dataset.from_dict({**enc, "labels": [label2id[r["label"]] for r in rows]})
-
-
-def trainable(model, tokenizer, splits: dict[str, list[dict]], label2id: dict[str, int], model_params: ModelParams,
-              train_params: TrainParams):
-    """(model to train, datasets of `splits`, collator, FrozenBottom or None).
-
-    model.freeze_layers > 0 freezes the embeddings and that many bottom layers; with model.cache_frozen
-    they run once per text here (stages/frozen.py) and the model to train is the top alone."""
-    encoded = [encode(rows, tokenizer, label2id, model_params) for rows in splits.values()]
-    if not model_params.freeze_layers:
-        return model, encoded, DataCollatorWithPadding(tokenizer), None
-    frozen = FrozenBottom(model, model_params.freeze_layers)
-    if not model_params.cache_frozen:
-        return model, encoded, DataCollatorWithPadding(tokenizer), None
-    device = torch.device(resolve_device(train_params.device, "train.device"))
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    model.to(device)
-    # the eval batch size: padding inside a batch is masked, so it does not change the states
-    cached = [CachedDataset(frozen.encode(ds["input_ids"], train_params.batch_size * 2, device), ds["labels"])
-              for ds in encoded]
-    print(f"train: cached the outputs of the embeddings and {frozen.n} frozen layers for "
-          f"{sum(len(c) for c in cached)} texts; training the top {len(frozen.layers) - frozen.n} layers and the head")
-    return frozen.top(), cached, collate, frozen
-
-
 def launch_distributed(p: TrainParams) -> int:
     """Run this stage under torchrun with `p.nproc` processes on this machine; their exit code."""
     if resolve_device(p.device, "train.device") == "cuda" and p.nproc > torch.cuda.device_count():
@@ -150,21 +102,25 @@ def launch_distributed(p: TrainParams) -> int:
         return subprocess.run(cmd, env={**os.environ, CKPT_DIR_ENV: shared}, check=False).returncode
 
 
-def save_history_plot(history: list[dict], path: Path) -> None:
-    """Static PNG of the curves (dvc plots' HTML needs a CDN, which offline users lack)."""
+def save_history_plot(histories: dict[str, list[dict]], path: Path) -> None:
+    """Static PNG of the curves, one line per fold (dvc plots' HTML needs a CDN, which offline users lack)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
-    ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="val loss")
+    for n, (name, history) in enumerate(histories.items()):
+        epochs, tag = [h["epoch"] for h in history], "" if len(histories) == 1 else f" {name}"
+        ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", color=f"C{2 * n}", label=f"train loss{tag}")
+        ax_loss.plot(epochs, [h["val_loss"] for h in history], "o--", color=f"C{2 * n + 1}", label=f"val loss{tag}")
+        ax_f1.plot(epochs, [h["val_macro_f1"] for h in history], "o-", color=f"C{n}", label=name)
     ax_loss.set(xlabel="epoch", ylabel="focal loss", title="Loss")
-    ax_loss.legend()
-    ax_f1.plot(epochs, [h["val_macro_f1"] for h in history], "o-", color="tab:green")
-    ax_f1.set(xlabel="epoch", ylabel="macro-F1", title="Validation macro-F1", ylim=(0, 1))
+    ax_loss.legend(fontsize="small")
+    ax_f1.set(xlabel="epoch", ylabel="macro-F1", title="Validation macro-F1" if len(histories) == 1
+              else "Held-out fold macro-F1", ylim=(0, 1))
+    if len(histories) > 1:
+        ax_f1.legend(fontsize="small")
     common.save_png(fig, path)
 
 
@@ -185,69 +141,59 @@ def run(
             f"models/tokenizer was built for model.name={meta['base_model']!r} but params.yaml has "
             f"{model_params.name!r}: re-run the tokenizer stage (`dvc repro`)."
         )
-    label2id = {lab: i for i, lab in enumerate(labels)}
-    splits = {"train": common.read_rows(root / "data/augment/train.jsonl"),
-              "val": common.read_rows(root / "data/prepare/val.jsonl")}
-    print(f"train {len(splits['train'])} rows, val {len(splits['val'])} rows, {len(labels)} classes, "
-          f"vocab {len(tokenizer)}")
+    train_rows = common.read_rows(root / "data/augment/train.jsonl")
+    val_rows = common.read_rows(root / "data/prepare/val.jsonl")
+    plan = folds.plan(train_rows, val_rows, train_params.folds, seed)
+    print(f"train {len(train_rows)} rows, val {len(val_rows)} rows, {len(labels)} classes, vocab {len(tokenizer)}"
+          + (f"; {len(plan)} folds over the {sum(len(f.heldout) for f in plan)} labelled reviews" if len(plan) > 1
+             else ""))
     pretrained = pretrained_encoder(root / "models/pretrain", model_params.name, tokenizer)
     if pretrained is not None:
         print(f"train: starting from the encoder of the pretrain stage ({pretrained})")
-    model = build_model(tokenizer, meta, model_params, labels, seed, pretrained)
-    model, (train_ds, val_ds), collator, frozen = trainable(model, tokenizer, splits, label2id, model_params,
-                                                            train_params)
-    swa_cb = SWACallback(train_params.swa.start_epoch) if train_params.swa.enabled else None
-    early = EarlyStoppingCallback(early_stopping_patience=train_params.early_stopping_patience)
+    setup = Setup(seed, model_params, loss_params, train_params, tokenizer, meta, labels, alpha, pretrained)
     start = time.perf_counter()
-    with checkpoint_dir() as ckpt_dir:
-        trainer = FocalTrainer(
-            model=model,
-            args=training_args(ckpt_dir, train_params, seed),
-            train_dataset=train_ds,
-            eval_dataset=val_ds,
-            data_collator=collator,
-            compute_metrics=make_compute_metrics(alpha, loss_params),
-            callbacks=[early] + ([swa_cb] if swa_cb else []),
-            alpha=alpha,
-            loss_params=loss_params,
-            train_params=train_params,
-        )
-        trainer.train()
-        # Before the final evaluations below, which log at the last epoch too.
-        history = history_from_logs(trainer.state.log_history)
-        best, swa, kept = evaluate_best_and_swa(trainer, swa_cb, train_params.swa.keep)
-        best, swa = val_metrics(best), swa and val_metrics(swa)
-        if frozen is not None:
-            frozen.full()  # the kept top layers and head on the frozen bottom: what evaluate loads
-    epochs_run = len(history)
-    if swa_cb is not None and swa is None:
-        skipped = (f"early stopping ended training at epoch {epochs_run}, before train.swa.start_epoch="
-                   f"{train_params.swa.start_epoch}: no weights were averaged, the best checkpoint is kept")
-        print(f"train: WARNING: SWA did nothing: {skipped}")
-        swa = {"snapshots": 0, "skipped": skipped}
-    elif swa is not None:
-        swa = {**swa, "snapshots": swa_cb.snapshots}
-    metrics = {
-        "best": {**best, "epoch": _best_epoch(history)},
-        "swa": swa,
-        "kept": kept,
-        "epochs_run": epochs_run,
-        "stop_reason": "early_stopping" if epochs_run < train_params.max_epochs else "max_epochs",
-        "n_train": len(train_ds),
-        "n_val": len(val_ds),
-    }
+    results = []
+    for n, fold in enumerate(plan, 1):
+        if len(plan) > 1:
+            print(f"train: {fold.name} ({n} of {len(plan)}): {len(fold.train)} train rows, "
+                  f"{len(fold.heldout)} held out")
+        results.append(fit(setup, fold))
     wall = time.perf_counter() - start
+    ids, heldout_labels, probs = folds.out_of_fold(plan, [r.heldout_probs for r in results])
+    y = np.array([labels.index(lab) for lab in heldout_labels])
+    metrics = {"heldout": heldout_summary(probs, y, labels, "validation" if len(plan) == 1 else "out-of-fold")}
+    if len(plan) == 1:
+        metrics.update(results[0].metrics)
+    else:
+        metrics["folds"] = {fold.name: r.metrics for fold, r in zip(plan, results)}
+    trainer = results[0].trainer
     if trainer.is_world_process_zero():  # under DDP every process holds the same model: one writes
+        epochs = sum(r.metrics["epochs_run"] * r.metrics["n_train"] for r in results)
         common.write_json(root / common.RUNTIME_DIR / "train.json", {
             "device": str(trainer.args.device), "processes": trainer.args.world_size, "wall_time_s": round(wall, 1),
-            "train_samples_per_second": round(len(train_ds) * epochs_run / wall, 2)})
-        save_outputs(root, trainer, tokenizer, labels, seed, model_params, loss_params, train_params, kept, metrics,
-                     history)
+            "train_samples_per_second": round(epochs / wall, 2)})
+        pipeline = {"seed": seed, "labels": labels, "model": common.as_dict(model_params),
+                    "loss": common.as_dict(loss_params), "train": common.as_dict(train_params),
+                    "kept": [r.metrics["kept"] for r in results] if len(plan) > 1 else results[0].metrics["kept"]}
+        if len(plan) > 1:
+            pipeline["members"] = [fold.name for fold in plan]  # stages/classifier.py averages their probabilities
+        heldout = {"rows": metrics["heldout"]["rows"], "ids": ids, "labels": heldout_labels,
+                   "probs": probs.tolist()}
+        save_outputs(root, tokenizer, pipeline, {f.name: r.model for f, r in zip(plan, results)}, heldout, metrics,
+                     {f.name: r.history for f, r in zip(plan, results)})
     return metrics
 
 
-def _best_epoch(history: list[dict]) -> int:
-    return min(history, key=lambda h: h["val_loss"])["epoch"]
+def heldout_summary(probs: np.ndarray, y: np.ndarray, labels: list[str], what: str) -> dict:
+    """Scores of the held-out predictions (validation for one fit, out-of-fold for K): the selection signal."""
+    from sklearn.metrics import accuracy_score, f1_score, log_loss
+
+    pred = probs.argmax(axis=1)
+    per_class = f1_score(y, pred, labels=list(range(len(labels))), average=None, zero_division=0)
+    return {"what": what, "rows": int(len(y)), "macro_f1": macro_f1(y, pred, len(labels)),
+            "accuracy": float(accuracy_score(y, pred)),
+            "ce_loss": float(log_loss(y, probs, labels=list(range(len(labels))))),
+            "per_class_f1": {lab: float(f) for lab, f in zip(labels, per_class)}}
 
 
 def load_alpha(path: Path, labels: list[str]) -> torch.Tensor:
@@ -257,23 +203,21 @@ def load_alpha(path: Path, labels: list[str]) -> torch.Tensor:
     return torch.tensor(saved["alpha"], dtype=torch.float32)
 
 
-def save_outputs(root, trainer, tokenizer, labels, seed, model_params, loss_params, train_params, kept, metrics, history):
-    pipeline = {
-        "seed": seed,
-        "labels": labels,
-        "model": common.as_dict(model_params),
-        "loss": common.as_dict(loss_params),
-        "train": common.as_dict(train_params),
-        "kept": kept,
-    }
+def save_outputs(root: Path, tokenizer, pipeline: dict, models: dict, heldout: dict, metrics: dict,
+                 histories: dict[str, list[dict]]) -> None:
+    """models/train (one model, or one sub-dir per fold; tokenizer, pipeline.json, heldout.json), the
+    history (plots/train/history.json: the first fit's epochs, for `dvc plots`; the PNG draws every fold)
+    and metrics/train.json."""
     with common.atomic_dir(root / "models/train") as tmp:
-        trainer.model.save_pretrained(tmp)
+        for name, model in models.items():
+            model.save_pretrained(tmp if len(models) == 1 else tmp / name)
         save_tokenizer(tokenizer, tmp)
         common.write_json(tmp / "pipeline.json", pipeline)
-    common.write_json(root / "plots/train/history.json", history)
-    save_history_plot(history, root / "plots/train/history.png")
+        common.write_json(tmp / "heldout.json", heldout)  # evaluate tunes the bias_tuned rule on these
+    common.write_json(root / "plots/train/history.json", next(iter(histories.values())))
+    save_history_plot(histories, root / "plots/train/history.png")
     common.write_json(root / "metrics/train.json", metrics)
-    print(json.dumps(metrics, indent=2))
+    print(json.dumps({k: v for k, v in metrics.items() if k != "folds"}, indent=2))
 
 
 def main() -> None:

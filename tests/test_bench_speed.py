@@ -15,7 +15,10 @@ from transformers import AutoTokenizer, Trainer
 from bench import backtranslate as bt, record, train_throughput as tt
 from stages import common
 from stages.focal_loss import LossParams
-from stages.train import ModelParams, TrainParams, build_model, training_args
+from stages.encoder import ModelParams
+from stages.fit import build_model
+from stages.train import TrainParams
+from stages.trainer import training_args
 from tests.tiny_bert import build_tiny_bert
 from tests.tiny_classifier import LABELS, TEXTS
 from tests.tiny_marian import build_tiny_marian_pair

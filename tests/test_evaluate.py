@@ -27,6 +27,7 @@ from stages.evaluate import (
 from stages.classifier import Classifier
 from stages.metrics import macro_f1
 from tiny_bert import build_tiny_bert
+from tiny_classifier import write_heldout
 
 LABELS = ["negative", "neutral", "positive"]
 # Four predictions; with 5 bins, confidences 0.9 and 0.85 share bin (0.8, 1], 0.7 is in
@@ -142,9 +143,10 @@ def trained(tmp_path):
                                                                                  "truncation": "head"},
                                              "loss": {}, "train": {}, "kept": "best"})
     data_dir = tmp_path / "data/prepare"
+    rows = [{"id": f"t{i}", "text": t, "label": LABELS[i % 3]} for i, t in enumerate(TEXTS)]
     for split in ("test", "val"):
-        write_jsonl(data_dir / f"{split}.jsonl",
-                    [{"id": f"t{i}", "text": t, "label": LABELS[i % 3]} for i, t in enumerate(TEXTS)])
+        write_jsonl(data_dir / f"{split}.jsonl", rows)
+    write_heldout(model_dir, rows)  # train's scores of the val rows
     write_json(data_dir / "labels.json", LABELS)
     return model_dir, data_dir
 

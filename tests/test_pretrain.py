@@ -7,7 +7,7 @@ from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceCl
 from stages import common
 from stages.encoder import ModelParams
 from stages.pretrain import PretrainParams, history, masked_lm_loss, run
-from stages.train import build_model, pretrained_encoder
+from stages.fit import build_model, pretrained_encoder
 from tiny_bert import build_tiny_bert
 
 WORDS = {"neg": "awful pain nausea terrible", "neu": "okay average mild fine", "pos": "great relief wonderful helped"}

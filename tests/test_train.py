@@ -9,15 +9,9 @@ from stages import common
 from stages.focal_loss import LossParams
 from stages.swa import VAL_LOSS, SWACallback, SwaParams, build_lr_scheduler, evaluate_best_and_swa
 from stages.encoder import ModelParams, init_new_token_embeddings
-from stages.train import (
-    FocalTrainer,
-    TrainParams,
-    build_model,
-    history_from_logs,
-    make_compute_metrics,
-    run,
-    training_args,
-)
+from stages.fit import build_model
+from stages.train import TrainParams, run
+from stages.trainer import FocalTrainer, history_from_logs, make_compute_metrics, training_args
 from tiny_bert import build_tiny_bert
 
 LABELS = ["neg", "neu", "pos"]
@@ -56,7 +50,8 @@ def _params(root, **train_overrides):
     swa = SwaParams(enabled=True, start_epoch=2, lr=1e-3, keep="swa")
     train = dict(
         max_epochs=3, batch_size=8, learning_rate=5e-3, weight_decay=0.01, warmup_ratio=0.1,
-        early_stopping_patience=3, swa=swa, device="cpu", nproc=1, grad_accum_steps=1,
+        early_stopping_patience=3, swa=swa, device="cpu", nproc=1, grad_accum_steps=1, folds=1,
+        patience_from="swa_start", select_metric="ce_loss",
     )
     train.update(train_overrides)
     return 7, ModelParams(str(root / "base"), 32, "head", 0, True), LossParams(2.0, 0.1), TrainParams(**train)
@@ -134,6 +129,52 @@ def test_keep_decides_which_weights_stay_loaded():
     assert kept == "swa" and trainer.model.weight.item() == 3.0
 
 
+@pytest.mark.parametrize(("patience_from", "epochs", "snapshots"), [("swa_start", 4, 2), ("first_epoch", 3, 1)])
+def test_patience_counted_from_swa_start_cannot_stop_before_its_snapshots(tiny_root, patience_from, epochs,
+                                                                         snapshots):
+    # A flat validation loss (lr 1e-30): no epoch after the first improves. Counting from epoch 1,
+    # patience 2 stops at epoch 3 with one snapshot (SWA from epoch 3); from swa.start_epoch, epochs 3
+    # and 4 count, so SWA has averaged the 2 snapshots that patience asks for.
+    swa = SwaParams(enabled=True, start_epoch=3, lr=1e-30, keep="swa")
+    params = _params(tiny_root, learning_rate=1e-30, max_epochs=8, early_stopping_patience=2, swa=swa,
+                     patience_from=patience_from)
+    metrics = run(*params, root=tiny_root)
+    assert (metrics["epochs_run"], metrics["swa"]["snapshots"]) == (epochs, snapshots)
+    assert metrics["stop_reason"] == "early_stopping" and metrics["best"]["epoch"] == 1
+
+
+@pytest.mark.parametrize(("select_metric", "kept"), [("macro_f1", "swa"), ("ce_loss", "best"),
+                                                     ("focal_loss", "best")])
+def test_keep_auto_follows_the_selection_metric(select_metric, kept):
+    class FakeTrainer:  # the "best" checkpoint (weight 1) has the lower losses, SWA (weight 3) the higher F1
+        model = torch.nn.Linear(1, 1, bias=False)
+
+        def evaluate(self):
+            w = self.model.weight.item()
+            return {VAL_LOSS: w, "eval_ce_loss": w / 2, "eval_macro_f1": w / 10}
+
+    trainer, callback = FakeTrainer(), SWACallback(start_epoch=1)
+    for w in (4.0, 2.0):
+        trainer.model.weight.data.fill_(w)
+        callback.update(trainer.model)
+    trainer.model.weight.data.fill_(1.0)
+    assert evaluate_best_and_swa(trainer, callback, "auto", select_metric)[2] == kept
+    assert trainer.model.weight.item() == {"swa": 3.0, "best": 1.0}[kept]
+
+
+def test_keep_auto_keeps_swa_on_a_tie():
+    class FakeTrainer:
+        model = torch.nn.Linear(1, 1, bias=False)
+
+        def evaluate(self):
+            return {VAL_LOSS: 0.5, "eval_ce_loss": 0.5, "eval_macro_f1": 0.5}
+
+    trainer, callback = FakeTrainer(), SWACallback(start_epoch=1)
+    callback.update(trainer.model)
+    for metric in ("macro_f1", "ce_loss", "focal_loss"):
+        assert evaluate_best_and_swa(trainer, callback, "auto", metric)[2] == "swa"
+
+
 def test_lr_cosine_then_constant_swa_lr():
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     swa = SwaParams(enabled=True, start_epoch=3, lr=0.1, keep="swa")
@@ -202,7 +243,8 @@ def test_run_on_the_tokenizer_stage_output(tiny_root, mode):
 
 def test_early_stop_before_swa_start_is_reported_not_silent(tiny_root, capsys):
     flat = SwaParams(enabled=True, start_epoch=5, lr=1e-3, keep="swa")
-    params = _params(tiny_root, learning_rate=1e-30, max_epochs=6, early_stopping_patience=2, swa=flat)
+    params = _params(tiny_root, learning_rate=1e-30, max_epochs=6, early_stopping_patience=2, swa=flat,
+                     patience_from="first_epoch")
     metrics = run(*params, root=tiny_root)
     assert metrics["epochs_run"] == 3 and metrics["kept"] == "best"
     assert metrics["swa"]["snapshots"] == 0 and "before train.swa.start_epoch=5" in metrics["swa"]["skipped"]
@@ -218,6 +260,7 @@ def test_early_stop_before_swa_start_is_reported_not_silent(tiny_root, capsys):
 def test_swa_settings_that_would_silently_do_nothing_fail_at_load(swa, max_epochs, match):
     raw = {"max_epochs": max_epochs, "batch_size": 8, "learning_rate": 5e-5, "weight_decay": 0.01,
            "warmup_ratio": 0.1, "early_stopping_patience": 3, "device": "cpu", "nproc": 1, "grad_accum_steps": 1,
+           "folds": 1, "patience_from": "swa_start", "select_metric": "ce_loss",
            "swa": {"enabled": True, "start_epoch": 3, "lr": 2e-5, "keep": "swa", **swa}}
     with pytest.raises(ValueError, match=match):
         common.parse_params(TrainParams, raw, "train")
@@ -226,7 +269,8 @@ def test_swa_settings_that_would_silently_do_nothing_fail_at_load(swa, max_epoch
 def test_disabled_swa_may_start_after_the_last_epoch():
     swa = {"enabled": False, "start_epoch": 9, "lr": 2e-5, "keep": "best"}
     raw = {"max_epochs": 6, "batch_size": 8, "learning_rate": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.1,
-           "early_stopping_patience": 3, "swa": swa, "device": "cpu", "nproc": 1, "grad_accum_steps": 1}
+           "early_stopping_patience": 3, "swa": swa, "device": "cpu", "nproc": 1, "grad_accum_steps": 1,
+           "folds": 1, "patience_from": "swa_start", "select_metric": "ce_loss"}
     assert common.parse_params(TrainParams, raw, "train").swa.start_epoch == 9
 
 
@@ -267,7 +311,7 @@ def test_validation_macro_f1_equals_evaluates_when_a_class_is_never_predicted_an
 def test_trainer_validation_loss_is_the_same_for_any_eval_batch_size(tiny_root, tmp_path):
     seed, model_params, loss_params, train_params = _params(tiny_root)
     tokenizer = AutoTokenizer.from_pretrained(tiny_root / "base")
-    from stages.train import encode
+    from stages.fit import encode
 
     val = encode(common.read_rows(tiny_root / "data/prepare/val.jsonl"), tokenizer, {l: i for i, l in enumerate(LABELS)},
                  ModelParams(name="tiny", max_length=32, truncation="head", freeze_layers=0, cache_frozen=True))
@@ -293,7 +337,7 @@ STEP_ALPHA, STEP_LR, STEP_LOSS = [0.1, 0.1, 0.8], 0.5, LossParams(2.0, 0.1)
 
 def _step_batch(root):
     """8 train rows (4 neg, 3 neu, 1 pos) encoded for the tiny BERT, and its tokenizer."""
-    from stages.train import encode
+    from stages.fit import encode
 
     tokenizer = AutoTokenizer.from_pretrained(root / "base")
     rows = common.read_rows(root / "data/augment/train.jsonl")  # 8 neg, then 8 neu, then 8 pos
@@ -336,7 +380,8 @@ def _trainer_sgd_step(root, out_dir, nproc: int = 1, accum: int = 1) -> dict[str
     data, tokenizer = _step_batch(root)
     no_swa = SwaParams(enabled=False, start_epoch=2, lr=1e-3, keep="best")
     train_params = TrainParams(max_epochs=1, batch_size=8, learning_rate=STEP_LR, weight_decay=0.0, warmup_ratio=0.0,
-                               early_stopping_patience=1, swa=no_swa, device="cpu", nproc=nproc, grad_accum_steps=accum)
+                               early_stopping_patience=1, swa=no_swa, device="cpu", nproc=nproc, grad_accum_steps=accum,
+                               folds=1, patience_from="swa_start", select_metric="ce_loss")
     model = _dropout_free_model(root)
     args = training_args(str(out_dir), train_params, seed=7)
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (8 // (nproc * accum), accum)

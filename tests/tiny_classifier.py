@@ -32,10 +32,24 @@ def build_model_dir(out_dir: Path, max_length: int = 16, truncation: str = "head
     model.save_pretrained(out_dir)
     write_json(out_dir / "pipeline.json", {"seed": 0, "labels": LABELS, "kept": "best", "loss": {}, "train": {},
                                           "model": {"name": "tiny", "max_length": max_length, "truncation": truncation}})
+    write_heldout(out_dir, split_rows(TEXTS))  # as if it was validated on write_split's rows
     return out_dir
+
+
+def split_rows(texts: list[str]) -> list[dict]:
+    return [{"id": f"test-{i:06d}", "text": t, "label": LABELS[i % 3]} for i, t in enumerate(texts)]
+
+
+def write_heldout(model_dir: Path, rows: list[dict]) -> None:
+    """heldout.json as the train stage writes it: the model's probabilities on the rows it held out."""
+    from stages.classifier import Classifier
+
+    probs = Classifier.load(model_dir, device="cpu").predict_proba([r["text"] for r in rows], batch_size=4)
+    write_json(model_dir / "heldout.json", {"rows": len(rows), "ids": [r["id"] for r in rows],
+                                            "labels": [r["label"] for r in rows], "probs": probs.tolist()})
 
 
 def write_split(path: Path, texts: list[str] = TEXTS) -> Path:
     """A prepare-format split: {"id", "text", "label"} per line."""
-    write_jsonl(path, [{"id": f"test-{i:06d}", "text": t, "label": LABELS[i % 3]} for i, t in enumerate(texts)])
+    write_jsonl(path, split_rows(texts))
     return path
