@@ -47,6 +47,7 @@ PROFILES = {
     "patience-first-epoch": ["train.patience_from=first_epoch"],
     "folds3": ["train.folds=3"],
     "folds5": ["train.folds=5"],
+    "ordinal": ["loss.ordinal=[negative,neutral,positive]"],
 }
 
 

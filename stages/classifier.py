@@ -15,6 +15,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from stages.common import clean_text, read_json, tokenize
+from stages.ordinal import order_ids, use_corn_head
 
 
 def clean_texts(texts: Iterable[Any], where: str, first_row: int = 1) -> list[str]:
@@ -60,6 +61,8 @@ class Classifier:
             if model.config.num_labels != len(pipeline["labels"]):
                 raise ValueError(f"{member}: model has {model.config.num_labels} classes, pipeline.json lists "
                                  f"{len(pipeline['labels'])}: re-run the train stage")
+            if order := pipeline.get("loss", {}).get("ordinal"):  # the CORN head it was trained with
+                use_corn_head(model, order_ids(order, pipeline["labels"], f"{model_dir / 'pipeline.json'} loss.ordinal"))
             models.append(model.to(device).eval())
         return cls(tokenizer, tuple(models), list(pipeline["labels"]), int(pipeline["model"]["max_length"]),
                    pipeline["model"]["truncation"], device)

@@ -25,6 +25,7 @@ from stages.encoder import ModelParams, load_encoder, resolve_device
 from stages.focal_loss import LossParams
 from stages.folds import Fold
 from stages.frozen import CachedDataset, FrozenBottom, collate
+from stages.ordinal import order_ids, use_corn_head
 from stages.swa import SWACallback, evaluate_best_and_swa
 from stages.trainer import FocalTrainer, checkpoint_dir, history_from_logs, make_compute_metrics, training_args, \
     val_metrics
@@ -133,6 +134,8 @@ def fit(setup: Setup, fold: Fold) -> FitResult:
     p = setup.train
     label2id = {lab: i for i, lab in enumerate(setup.labels)}
     model = build_model(setup.tokenizer, setup.meta, setup.model, setup.labels, setup.seed, setup.pretrained)
+    if setup.loss.ordinal:
+        use_corn_head(model, order_ids(setup.loss.ordinal, setup.labels, "loss.ordinal"))
     model, (train_ds, val_ds), collator, frozen = trainable(
         model, setup.tokenizer, {"train": fold.train, "val": fold.heldout}, label2id, setup.model, p)
     swa_cb = SWACallback(p.swa.start_epoch) if p.swa.enabled else None

@@ -51,6 +51,8 @@ CUSP_DELTA = 1e-3  # 0 < gamma < 1: |q - p| is smoothed as sqrt(|q - p|^2 + delt
 class LossParams:
     gamma: Annotated[float, Range(0)]
     label_smoothing: Annotated[float, Range(0, 1, high_open=True, why="1 would make every target uniform")]
+    # null: a softmax head. A list of every label, lowest rank first: the CORN ordinal head (stages/ordinal.py)
+    ordinal: list[str] | None
 
     def __post_init__(self) -> None:
         check_ranges(self, "loss")

@@ -53,6 +53,7 @@ from stages.encoder import ModelParams, resolve_device, save_tokenizer
 from stages.fit import Setup, fit, pretrained_encoder
 from stages.focal_loss import LossParams
 from stages.metrics import macro_f1
+from stages.ordinal import order_ids
 from stages.swa import SwaParams
 from stages.trainer import CKPT_DIR_ENV
 
@@ -141,6 +142,8 @@ def run(
             f"models/tokenizer was built for model.name={meta['base_model']!r} but params.yaml has "
             f"{model_params.name!r}: re-run the tokenizer stage (`dvc repro`)."
         )
+    if loss_params.ordinal:  # before any training: a wrong order fails at once
+        order_ids(loss_params.ordinal, labels, "loss.ordinal in params.yaml")
     train_rows = common.read_rows(root / "data/augment/train.jsonl")
     val_rows = common.read_rows(root / "data/prepare/val.jsonl")
     plan = folds.plan(train_rows, val_rows, train_params.folds, seed)

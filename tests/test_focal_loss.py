@@ -136,8 +136,8 @@ def test_focal_gradient_flows(batch):
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"gamma": -1.0, "label_smoothing": 0.0}, r"^loss\.gamma: -1\.0 is out of range"),
-    ({"gamma": 1.0, "label_smoothing": 1.0}, r"^loss\.label_smoothing: 1\.0 is out of range"),
+    ({"gamma": -1.0, "label_smoothing": 0.0, "ordinal": None}, r"^loss\.gamma: -1\.0 is out of range"),
+    ({"gamma": 1.0, "label_smoothing": 1.0, "ordinal": None}, r"^loss\.label_smoothing: 1\.0 is out of range"),
 ])
 def test_loss_params_reject_out_of_range(kwargs, match):
     with pytest.raises(ValueError, match=match):

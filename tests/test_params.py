@@ -80,6 +80,7 @@ BAD = {
     "train.nproc": (0, r"train.nproc: 0 is out of range, allowed >= 1"),
     "train.grad_accum_steps": (3, r"train.batch_size \(16\) is the global batch and must be a multiple of "
                                   r"train.nproc x train.grad_accum_steps \(1 x 3\)"),
+    "loss.ordinal": (["negative", 3], r"loss.ordinal: \['negative', 3\] does not match"),
     "train.folds": (0, r"train.folds: 0 is out of range, allowed >= 1"),
     "train.patience_from": ("last", r"train.patience_from: 'last' is not one of \['swa_start', 'first_epoch'\]"),
     "train.select_metric": ("loss", r"train.select_metric: 'loss' is not one of \['macro_f1', 'ce_loss', "

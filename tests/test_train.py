@@ -54,7 +54,7 @@ def _params(root, **train_overrides):
         patience_from="swa_start", select_metric="ce_loss",
     )
     train.update(train_overrides)
-    return 7, ModelParams(str(root / "base"), 32, "head", 0, True), LossParams(2.0, 0.1), TrainParams(**train)
+    return 7, ModelParams(str(root / "base"), 32, "head", 0, True), LossParams(2.0, 0.1, None), TrainParams(**train)
 
 
 def test_run_saves_swa_model_metrics_and_history(tiny_root):
@@ -282,7 +282,7 @@ def test_validation_loss_is_the_alpha_weighted_mean_over_every_example():
     g = torch.Generator().manual_seed(0)
     logits, labels = torch.randn(90, 3, generator=g) * 2, torch.randint(0, 3, (90,), generator=g)
     alpha = torch.tensor([0.38, 0.43, 0.19])
-    metrics = make_compute_metrics(alpha, LossParams(2.0, 0.1))((logits.numpy(), labels.numpy()))
+    metrics = make_compute_metrics(alpha, LossParams(2.0, 0.1, None))((logits.numpy(), labels.numpy()))
     parts = (slice(0, 30), slice(30, 90))
     focal = [focal_loss(logits[s], labels[s], alpha, 2.0, 0.1).item() for s in parts]
     mass = [alpha[labels[s]].sum().item() for s in parts]
@@ -301,7 +301,7 @@ def test_validation_macro_f1_equals_evaluates_when_a_class_is_never_predicted_an
     labels = torch.tensor([0, 0, 1, 1])
     preds = torch.tensor([0, 0, 0, 2])
     logits = torch.nn.functional.one_hot(preds, 4).float() * 5
-    train_f1 = make_compute_metrics(torch.full((4,), 0.25), LossParams(0.0, 0.0))((logits.numpy(), labels.numpy()))
+    train_f1 = make_compute_metrics(torch.full((4,), 0.25), LossParams(0.0, 0.0, None))((logits.numpy(), labels.numpy()))
     test_f1 = classification_metrics(torch.softmax(logits, -1).numpy(), labels.numpy(), list("abcd"), ece_bins=2)
     # F1 per class: 0.8 (2 hits, 1 false positive), 0, 0, 0 -> mean over 4 classes, not over the 3 seen.
     assert train_f1["macro_f1"] == pytest.approx(0.2, abs=1e-12)
@@ -332,7 +332,7 @@ def test_trainer_validation_loss_is_the_same_for_any_eval_batch_size(tiny_root, 
 # One plain SGD step (lr 0.5, no momentum, no weight decay, no clipping) is linear in the gradient, so a
 # wrong loss scale or normaliser moves the weights by a different amount; skewed alpha makes the alpha
 # mass of any half of the batch differ from the other half's (the half with the one pos row: 1.1, else 0.4).
-STEP_ALPHA, STEP_LR, STEP_LOSS = [0.1, 0.1, 0.8], 0.5, LossParams(2.0, 0.1)
+STEP_ALPHA, STEP_LR, STEP_LOSS = [0.1, 0.1, 0.8], 0.5, LossParams(2.0, 0.1, None)
 
 
 def _step_batch(root):
