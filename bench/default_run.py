@@ -49,10 +49,11 @@ def rows(m: dict, params: dict) -> list[tuple[str, str]]:
         ("augment", f"{aug['generated']} back-translations, {aug['kept']} kept; " + ", ".join(
             f"{c} {v['before']} -> {v['after']}" for c, v in grown.items())),
         ("alpha", f"{alpha['method']}: " + " / ".join(f"{c} {v['alpha']:.3f}" for c, v in alpha["per_class"].items())),
-        ("train", f"{train['epochs_run']} of at most {params['train']['max_epochs']} epochs ({train['stop_reason'].replace('_', ' ')}); "
-                  f"lowest val loss at epoch {train['best']['epoch']}; kept {train['kept']}: val macro-F1 "
-                  f"{kept['val_macro_f1']:.3f} (epoch-{train['best']['epoch']} checkpoint "
-                  f"{train['best']['val_macro_f1']:.3f})"),
+        ("train", f"{train['epochs_run']} of at most {params['train']['max_epochs']} epochs "
+                  f"({train['stop_reason'].replace('_', ' ')}); lowest val loss at epoch {train['best']['epoch']}; "
+                  + (f"SWA over {train['swa']['snapshots']} epochs; " if (train["swa"] or {}).get("snapshots") else "")
+                  + f"kept {train['kept']}: val macro-F1 {kept['val_macro_f1']:.3f} (epoch-{train['best']['epoch']} "
+                  f"checkpoint {train['best']['val_macro_f1']:.3f})"),
         ("evaluate", f"{test['n_test']} test reviews: accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f}, "
                      f"neutral F1 {test['per_class']['neutral']['f1']:.3f}, ECE {test['ece']:.3f}"),
     ]

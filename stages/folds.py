@@ -57,6 +57,9 @@ def plan(train_rows: list[dict], val_rows: list[dict], k: int, seed: int) -> lis
     reviews = [r for r in train_rows if not is_paraphrase(r)] + val_rows
     which = assign_folds([r["label"] for r in reviews], k, seed)
     fold_of = {r["id"]: int(f) for r, f in zip(reviews, which)}
+    if len(fold_of) != len(reviews):
+        raise ValueError("data/augment/train.jsonl and data/prepare/val.jsonl share review ids: re-run the "
+                         "pipeline from prepare (`dvc repro --force prepare`)")
     paraphrases = [r for r in train_rows if is_paraphrase(r)]
     if (orphans := [p["id"] for p in paraphrases if p.get("orig_id") not in fold_of]):
         raise ValueError(f"data/augment/train.jsonl: paraphrase(s) {orphans[:3]} have an orig_id that is no "

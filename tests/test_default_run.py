@@ -14,7 +14,7 @@ def _metrics() -> dict:
             "augment": {"generated": 6, "kept": 5, "classes": classes},
             "alpha": {"method": "inverse", "per_class": {"neg": {"alpha": 0.6667}, "pos": {"alpha": 0.3333}}},
             "train": {"epochs_run": 4, "stop_reason": "early_stopping", "kept": "swa",
-                      "best": {"epoch": 1, "val_macro_f1": 0.41}, "swa": {"val_macro_f1": 0.52}},
+                      "best": {"epoch": 1, "val_macro_f1": 0.41}, "swa": {"val_macro_f1": 0.52, "snapshots": 2}},
             "evaluate": {"n_test": 12, "accuracy": 0.75, "macro_f1": 0.5, "ece": 0.1,
                          "per_class": {"neutral": {"f1": 0.25}}}}
 
@@ -25,7 +25,7 @@ def test_rows_say_what_each_stage_produced_from_its_metrics():
     assert lines["prepare"] == "40 train / 7 val / 12 test reviews; 2 train review(s) dropped as also in test"
     assert lines["augment"] == "6 back-translations, 5 kept; neg 10 -> 15"  # an unchanged class is not listed
     assert lines["alpha"] == "inverse: neg 0.667 / pos 0.333"
-    assert lines["train"] == ("4 of at most 9 epochs (early stopping); lowest val loss at epoch 1; "
+    assert lines["train"] == ("4 of at most 9 epochs (early stopping); lowest val loss at epoch 1; SWA over 2 epochs; "
                               "kept swa: val macro-F1 0.520 (epoch-1 checkpoint 0.410)")
     assert lines["evaluate"] == "12 test reviews: accuracy 0.750, macro-F1 0.500, neutral F1 0.250, ECE 0.100"
 
@@ -34,6 +34,12 @@ def test_kept_best_checkpoint_reports_its_own_score():
     m = _metrics()
     m["train"]["kept"] = "best"
     assert "kept best: val macro-F1 0.410" in dict(default_run.rows(m, {"train": {"max_epochs": 9}}))["train"]
+
+
+def test_no_swa_line_when_nothing_was_averaged():
+    m = _metrics()
+    m["train"].update(kept="best", swa=None)
+    assert "SWA" not in dict(default_run.rows(m, {"train": {"max_epochs": 9}}))["train"]
 
 
 def test_the_results_file_holds_the_committed_metrics():

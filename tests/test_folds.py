@@ -73,6 +73,12 @@ def test_a_paraphrase_of_an_unknown_review_fails():
         folds.plan(train + [stray], [], 2, seed=0)
 
 
+def test_a_review_id_in_both_splits_fails():
+    train = _reviews({"a": 4, "b": 4})
+    with pytest.raises(ValueError, match=r"share review ids: re-run the pipeline from prepare"):
+        folds.plan(train, train[:2], 2, seed=0)
+
+
 def test_out_of_fold_orders_by_id_whatever_the_fold_order():
     plan = [folds.Fold("fold-1", [], [{"id": "b", "label": "x"}]),
             folds.Fold("fold-2", [], [{"id": "a", "label": "y"}, {"id": "c", "label": "x"}])]
