@@ -29,6 +29,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.stats import paired  # noqa: E402
+
 RESULTS_DIR = ROOT / "bench/results"
 # name -> `-S` overrides on top of the committed params.yaml (the ones a user would pass)
 PROFILES = {
@@ -133,17 +137,30 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def vs_default(seeds: dict[int, dict], default: dict[int, dict]) -> str:
+    """Paired test macro-F1 difference against the `default` profile on the seeds both ran: mean ± SE
+    (plain: the test split is the same for every seed), and on how many seeds it was higher."""
+    shared = sorted(set(seeds) & set(default))
+    if len(shared) < 2:
+        return ""
+    p = paired([seeds[s]["test_macro_f1"] - default[s]["test_macro_f1"] for s in shared])
+    return f"{p['mean']:+.3f} ± {p['se']:.3f} ({p['better']}/{p['n']})"
+
+
 def crossfit_table(by_profile: dict[str, dict[int, dict]]) -> str:
     """The table of runs that record their held-out scores (validation or out-of-fold) and every fit's epochs."""
-    lines = ["| profile | seeds | held out (rows) | held-out macro-F1 | test macro-F1 | test, bias tuned | neutral F1 "
-             "| ECE | epochs run / SWA snapshots (per fit) | `dvc repro` min, mean |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| profile | seeds | held out (rows) | held-out macro-F1 | test macro-F1 | Δ test macro-F1 vs default "
+             "(paired, higher on) | test, bias tuned | test accuracy | neutral F1 | ECE | epochs run / SWA snapshots "
+             "(per fit) | `dvc repro` min, mean |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for profile, seeds in by_profile.items():
         r = [seeds[s] for s in sorted(seeds)]
         col = lambda key: mean_std([x[key] for x in r])  # noqa: E731
         fits = "; ".join(f"{'/'.join(map(str, x['epochs_run']))} : {'/'.join(map(str, x['snapshots']))}" for x in r)
         lines.append(f"| {profile} | {','.join(map(str, sorted(seeds)))} | {r[0]['heldout']} ({r[0]['heldout_rows']}) "
-                     f"| {col('val_macro_f1')} | {col('test_macro_f1')} | {col('test_bias_tuned_macro_f1')} | "
-                     f"{col('test_neutral_f1')} | {col('test_ece')} | {fits} | "
+                     f"| {col('val_macro_f1')} | {col('test_macro_f1')} | "
+                     f"{vs_default(seeds, by_profile['default']) if profile != 'default' and 'default' in by_profile else ''}"
+                     f" | {col('test_bias_tuned_macro_f1')} | "
+                     f"{col('test_accuracy')} | {col('test_neutral_f1')} | {col('test_ece')} | {fits} | "
                      f"{statistics.mean(x['wall_s'] for x in r) / 60:.1f} |")
     return "\n".join(lines)
 

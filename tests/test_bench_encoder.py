@@ -1,0 +1,37 @@
+"""bench/encoder.py: the profile tables, from result rows (no pipeline runs)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+import encoder  # noqa: E402
+
+
+def _row(profile, seed, f1, **extra):
+    return {"profile": profile, "seed": seed, "heldout": "out-of-fold", "heldout_rows": 599, "val_macro_f1": f1,
+            "test_macro_f1": f1 - 0.1, "test_bias_tuned_macro_f1": f1, "test_accuracy": 0.7, "test_neutral_f1": 0.1,
+            "test_ece": 0.05, "epochs_run": [6, 7], "snapshots": [3, 4], "wall_s": 600.0, **extra}
+
+
+def test_crossfit_table_counts_a_repeated_seed_once_and_lists_every_fit():
+    rows = [_row("folds2", 42, 0.9), _row("folds2", 42, 0.5), _row("folds2", 43, 0.7)]  # seed 42 re-run: the last counts
+    lines = encoder.table(rows).splitlines()
+    assert len(lines) == 3 and lines[0].startswith("| profile | seeds | held out (rows) |")
+    cells = [c.strip() for c in lines[2].split("|")[1:-1]]
+    assert cells[:5] == ["folds2", "42,43", "out-of-fold (599)", "0.600 ± 0.141", "0.500 ± 0.141"]
+    assert cells[-2:] == ["6/7 : 3/4; 6/7 : 3/4", "10.0"]
+
+
+def test_rows_without_held_out_scores_keep_the_encoder_table():
+    row = {"profile": "minilm", "seed": 42, "val_macro_f1": 0.5, "test_macro_f1": 0.4, "test_neutral_f1": 0.1,
+           "test_ece": 0.06, "wall_s": 600.0, "peak_mib": 2048}
+    assert encoder.table([row]).splitlines()[2] == "| minilm | 42 | 0.500 | 0.400 | 0.100 | 0.060 | 10.0 / 10.0 | 2.0 |"
+
+
+def test_a_profile_is_paired_with_the_default_on_shared_seeds_only():
+    rows = [_row("default", s, f) for s, f in ((42, 0.5), (43, 0.6), (44, 0.7))]
+    rows += [_row("folds2", s, f) for s, f in ((42, 0.55), (43, 0.58), (45, 0.9))]  # 45: no default to pair with
+    line = encoder.table(rows).splitlines()[3]
+    assert [c.strip() for c in line.split("|")[1:-1]][5] == "+0.015 ± 0.035 (1/2)"
+    assert [c.strip() for c in encoder.table(rows).splitlines()[2].split("|")[1:-1]][5] == ""
