@@ -181,11 +181,10 @@ def save_confusion_png(path: Path, y: np.ndarray, pred: np.ndarray, labels: list
 
 def heldout(model_dir: Path, labels: list[str]) -> tuple[np.ndarray, np.ndarray, str]:
     """(probabilities, class ids, what) of the rows the trained model(s) did not train on, as train scored
-    them (models/train/heldout.json): validation for one model, out-of-fold for a cross-fitted run."""
+    them (models/train/heldout.json): "validation" for one model, "out-of-fold" for a cross-fitted run."""
     saved = read_json(model_dir / "heldout.json")
     index = {label: i for i, label in enumerate(labels)}
-    what = "out-of-fold" if read_json(model_dir / "pipeline.json").get("members") else "validation"
-    return np.array(saved["probs"], dtype=np.float64), np.array([index[lab] for lab in saved["labels"]]), what
+    return np.array(saved["probs"], dtype=np.float64), np.array([index[lab] for lab in saved["labels"]]), saved["what"]
 
 
 def run(params: EvaluateParams, model_dir: Path = ROOT / "models/train", data_dir: Path = ROOT / "data/prepare",

@@ -25,7 +25,7 @@ from stages.encoder import ModelParams, load_encoder, resolve_device
 from stages.focal_loss import LossParams
 from stages.folds import Fold
 from stages.frozen import CachedDataset, FrozenBottom, collate
-from stages.ordinal import order_ids, use_corn_head
+from stages.ordinal import use_corn_head
 from stages.swa import SWACallback, evaluate_best_and_swa
 from stages.trainer import FocalTrainer, checkpoint_dir, history_from_logs, make_compute_metrics, training_args, \
     val_metrics
@@ -46,6 +46,7 @@ class Setup:
     labels: list[str]
     alpha: torch.Tensor
     pretrained: Path | None  # models/pretrain when that stage trained an encoder
+    ordinal: list[int] | None  # label ids in rank order (loss.ordinal), or None: softmax head
 
 
 @dataclass
@@ -134,8 +135,8 @@ def fit(setup: Setup, fold: Fold) -> FitResult:
     p = setup.train
     label2id = {lab: i for i, lab in enumerate(setup.labels)}
     model = build_model(setup.tokenizer, setup.meta, setup.model, setup.labels, setup.seed, setup.pretrained)
-    if setup.loss.ordinal:
-        use_corn_head(model, order_ids(setup.loss.ordinal, setup.labels, "loss.ordinal"))
+    if setup.ordinal:
+        use_corn_head(model, setup.ordinal)
     model, (train_ds, val_ds), collator, frozen = trainable(
         model, setup.tokenizer, {"train": fold.train, "val": fold.heldout}, label2id, setup.model, p)
     swa_cb = SWACallback(p.swa.start_epoch) if p.swa.enabled else None

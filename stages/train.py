@@ -142,8 +142,8 @@ def run(
             f"models/tokenizer was built for model.name={meta['base_model']!r} but params.yaml has "
             f"{model_params.name!r}: re-run the tokenizer stage (`dvc repro`)."
         )
-    if loss_params.ordinal:  # before any training: a wrong order fails at once
-        order_ids(loss_params.ordinal, labels, "loss.ordinal in params.yaml")
+    # before any training: a wrong order fails at once
+    order = order_ids(loss_params.ordinal, labels, "loss.ordinal in params.yaml") if loss_params.ordinal else None
     train_rows = common.read_rows(root / "data/augment/train.jsonl")
     val_rows = common.read_rows(root / "data/prepare/val.jsonl")
     plan = folds.plan(train_rows, val_rows, train_params.folds, seed)
@@ -153,7 +153,7 @@ def run(
     pretrained = pretrained_encoder(root / "models/pretrain", model_params.name, tokenizer)
     if pretrained is not None:
         print(f"train: starting from the encoder of the pretrain stage ({pretrained})")
-    setup = Setup(seed, model_params, loss_params, train_params, tokenizer, meta, labels, alpha, pretrained)
+    setup = Setup(seed, model_params, loss_params, train_params, tokenizer, meta, labels, alpha, pretrained, order)
     start = time.perf_counter()
     results = []
     for n, fold in enumerate(plan, 1):
@@ -180,7 +180,7 @@ def run(
                     "kept": [r.metrics["kept"] for r in results] if len(plan) > 1 else results[0].metrics["kept"]}
         if len(plan) > 1:
             pipeline["members"] = [fold.name for fold in plan]  # stages/classifier.py averages their probabilities
-        heldout = {"rows": metrics["heldout"]["rows"], "ids": ids, "labels": heldout_labels,
+        heldout = {"what": metrics["heldout"]["what"], "rows": metrics["heldout"]["rows"], "ids": ids, "labels": heldout_labels,
                    "probs": probs.tolist()}
         save_outputs(root, tokenizer, pipeline, {f.name: r.model for f, r in zip(plan, results)}, heldout, metrics,
                      {f.name: r.history for f, r in zip(plan, results)})

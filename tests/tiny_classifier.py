@@ -45,7 +45,7 @@ def write_heldout(model_dir: Path, rows: list[dict]) -> None:
     from stages.classifier import Classifier
 
     probs = Classifier.load(model_dir, device="cpu").predict_proba([r["text"] for r in rows], batch_size=4)
-    write_json(model_dir / "heldout.json", {"rows": len(rows), "ids": [r["id"] for r in rows],
+    write_json(model_dir / "heldout.json", {"what": "validation", "rows": len(rows), "ids": [r["id"] for r in rows],
                                             "labels": [r["label"] for r in rows], "probs": probs.tolist()})
 
 
