@@ -54,6 +54,8 @@ PROFILES = {
     "patience-first-epoch": ["train.patience_from=first_epoch"],
     "folds3": ["train.folds=3"],
     "folds5": ["train.folds=5"],
+    # the cheaper alternative to folds: refit on train + val for the epochs chosen on val
+    "refit": ["train.refit=true"],
     "ordinal": ["loss.ordinal=[negative,neutral,positive]"],
 }
 

@@ -1,6 +1,9 @@
 """One fit of the train stage: build the model, train it with the Trainer, choose best or SWA, score
 the held-out rows. `stages/train.py` runs one fit (train.folds: 1) or one per fold (stages/folds.py).
 
+A refit (`train.refit`, stages/train.py) trains a fresh model on train + val with the same schedule,
+stopped at the epoch the first fit's choice came from, and keeps what that fit kept.
+
 Early stopping counts patience from `train.swa.start_epoch` when `train.patience_from: swa_start`
 (the default), so SWA averages at least `train.early_stopping_patience` snapshots before training
 can stop; `first_epoch` counts from epoch 1, as Hugging Face's callback does.
@@ -17,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, EarlyStoppingCallback
+from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, EarlyStoppingCallback, \
+    TrainerCallback
 
 from stages import common
 from stages.classifier import softmax
@@ -69,6 +73,26 @@ class PatienceFrom(EarlyStoppingCallback):
     def on_evaluate(self, args, state, control, metrics, **kwargs):
         if round(state.epoch) >= self.first_epoch:
             super().on_evaluate(args, state, control, metrics, **kwargs)
+
+
+class StopAt(TrainerCallback):
+    """End training after epoch `epoch` (1-based); the LR schedule stays the one of train.max_epochs."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if round(state.epoch) >= self.epoch:
+            control.should_training_stop = True
+
+
+def refit_plan(chosen: dict) -> tuple[int, str]:
+    """(epochs to train, what to keep) for a refit of the fit whose metrics are `chosen`: as many
+    epochs as that fit ran when it kept SWA (the same snapshots get averaged), up to its best
+    epoch when it kept the best checkpoint."""
+    if chosen["kept"] == "swa":
+        return chosen["epochs_run"], "swa"
+    return chosen["best"]["epoch"], "best"
 
 
 def build_model(tokenizer, meta: dict, model_params: ModelParams, labels: list[str], seed: int,
@@ -129,8 +153,11 @@ def trainable(model, tokenizer, splits: dict[str, list[dict]], label2id: dict[st
     return frozen.top(), cached, collate, frozen
 
 
-def fit(setup: Setup, fold: Fold) -> FitResult:
-    """Train on `fold.train`, early-stop and choose on `fold.heldout`; the kept model and its scores."""
+def fit(setup: Setup, fold: Fold, refit_of: dict | None = None) -> FitResult:
+    """Train on `fold.train`, early-stop and choose on `fold.heldout`; the kept model and its scores.
+
+    `refit_of` (an earlier fit's metrics): no early stopping and no choice; train for that fit's
+    epochs (`refit_plan`) and keep what it kept, the last weights rather than the best checkpoint."""
     common.seed_everything(setup.seed)
     p = setup.train
     label2id = {lab: i for i, lab in enumerate(setup.labels)}
@@ -140,25 +167,30 @@ def fit(setup: Setup, fold: Fold) -> FitResult:
     model, (train_ds, val_ds), collator, frozen = trainable(
         model, setup.tokenizer, {"train": fold.train, "val": fold.heldout}, label2id, setup.model, p)
     swa_cb = SWACallback(p.swa.start_epoch) if p.swa.enabled else None
-    first = p.swa.start_epoch if p.swa.enabled and p.patience_from == "swa_start" else 1
-    early = PatienceFrom(p.early_stopping_patience, first)
+    if refit_of is None:
+        first = p.swa.start_epoch if p.swa.enabled and p.patience_from == "swa_start" else 1
+        stop, keep = PatienceFrom(p.early_stopping_patience, first), p.swa.keep
+    else:
+        epochs, keep = refit_plan(refit_of)
+        stop = StopAt(epochs)
     with checkpoint_dir() as ckpt_dir:
         trainer = FocalTrainer(
-            model=model, args=training_args(ckpt_dir, p, setup.seed), train_dataset=train_ds, eval_dataset=val_ds,
-            data_collator=collator, compute_metrics=make_compute_metrics(setup.alpha, setup.loss),
-            callbacks=[early] + ([swa_cb] if swa_cb else []), alpha=setup.alpha, loss_params=setup.loss,
+            model=model, args=training_args(ckpt_dir, p, setup.seed, load_best=refit_of is None),
+            train_dataset=train_ds, eval_dataset=val_ds, data_collator=collator,
+            compute_metrics=make_compute_metrics(setup.alpha, setup.loss),
+            callbacks=[stop] + ([swa_cb] if swa_cb else []), alpha=setup.alpha, loss_params=setup.loss,
             train_params=p,
         )
         trainer.train()
         # Before the final evaluations below, which log at the last epoch too.
         history = history_from_logs(trainer.state.log_history)
-        best, swa, kept = evaluate_best_and_swa(trainer, swa_cb, p.swa.keep, p.select_metric)
+        best, swa, kept = evaluate_best_and_swa(trainer, swa_cb, keep, p.select_metric)
         best, swa = val_metrics(best), swa and val_metrics(swa)
         heldout_probs = softmax(trainer.predict(val_ds).predictions)
         if frozen is not None:
             frozen.full()  # the kept top layers and head on the frozen bottom: what evaluate loads
     epochs_run = len(history)
-    if swa_cb is not None and swa is None:
+    if swa_cb is not None and swa is None and refit_of is None:
         skipped = (f"early stopping ended training at epoch {epochs_run}, before train.swa.start_epoch="
                    f"{p.swa.start_epoch}: no weights were averaged, the best checkpoint is kept")
         print(f"train: WARNING: SWA did nothing: {skipped}")
@@ -170,7 +202,8 @@ def fit(setup: Setup, fold: Fold) -> FitResult:
         "swa": swa,
         "kept": kept,
         "epochs_run": epochs_run,
-        "stop_reason": "early_stopping" if epochs_run < p.max_epochs else "max_epochs",
+        "stop_reason": ("refit" if refit_of is not None else
+                        "early_stopping" if epochs_run < p.max_epochs else "max_epochs"),
         "n_train": len(train_ds),
         "n_val": len(val_ds),
     }

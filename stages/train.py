@@ -16,6 +16,11 @@ rather than a `foreach` stage per fold: K is a param (a `foreach` list would hav
 dvc.yaml), every fold needs the same inputs, and the ensemble and the out-of-fold scores need
 all folds at once; on several GPUs `train.nproc` speeds up each fold instead.
 
+`train.refit: true` (K = 1) is the cheaper way to train on every labelled review: after the fit on
+train, stopped and chosen on val, a fresh model trains on train + val with the same schedule for the
+epochs that fit chose (stages/fit.refit_plan), and it is the stage's model; the held-out scores
+(and so `bias_tuned`) stay the first fit's, since the refit has seen val.
+
 `train.nproc` > 1 makes the stage relaunch itself under torchrun (DDP: NCCL on CUDA, gloo
 on CPU), so `dvc repro` is unchanged. `train.batch_size` is the global batch (examples per
 optimizer step): each process takes batch_size / (nproc * grad_accum_steps) per forward
@@ -50,7 +55,7 @@ from transformers import AutoTokenizer
 from stages import common, folds
 from stages.cli import cli
 from stages.encoder import ModelParams, resolve_device, save_tokenizer
-from stages.fit import Setup, fit, pretrained_encoder
+from stages.fit import Setup, fit, pretrained_encoder, refit_plan
 from stages.focal_loss import LossParams
 from stages.metrics import macro_f1
 from stages.ordinal import order_ids
@@ -77,6 +82,9 @@ class TrainParams:
     patience_from: Literal["swa_start", "first_epoch"]
     # What `train.swa.keep: auto` compares on the held-out rows (ties keep SWA).
     select_metric: Literal["macro_f1", "ce_loss", "focal_loss"]
+    # true (train.folds: 1 only): after the fit on train, stopped and chosen on val, a fresh fit on train +
+    # val for the epochs that fit chose, keeping what it kept; the held-out scores stay the first fit's.
+    refit: bool
 
     def __post_init__(self) -> None:
         common.check_ranges(self, "train")
@@ -85,6 +93,11 @@ class TrainParams:
                 f"train.batch_size ({self.batch_size}) is the global batch and must be a multiple of "
                 f"train.nproc x train.grad_accum_steps ({self.nproc} x {self.grad_accum_steps}); "
                 f"change one of them")
+        if self.refit and self.folds > 1:
+            raise common.ParamsError(
+                f"train.refit refits the single split's model on train + val, but train.folds is {self.folds}, "
+                "whose fold models already train on every labelled review but their own fold: set train.refit: "
+                "false or train.folds: 1")
         if self.swa.enabled and self.swa.start_epoch > self.max_epochs:
             raise common.ParamsError(
                 f"train.swa.start_epoch ({self.swa.start_epoch}) must be <= train.max_epochs ({self.max_epochs}), "
@@ -161,17 +174,25 @@ def run(
             print(f"train: {fold.name} ({n} of {len(plan)}): {len(fold.train)} train rows, "
                   f"{len(fold.heldout)} held out")
         results.append(fit(setup, fold))
+    refit = None
+    if train_params.refit:
+        epochs, kept = refit_plan(results[0].metrics)
+        pool = folds.Fold("refit", train_rows + val_rows, val_rows)
+        print(f"train: refit on train + val ({len(pool.train)} rows) for {epochs} epochs, keeping {kept}")
+        refit = fit(setup, pool, refit_of=results[0].metrics)
     wall = time.perf_counter() - start
     ids, heldout_labels, probs = folds.out_of_fold(plan, [r.heldout_probs for r in results])
     y = np.array([labels.index(lab) for lab in heldout_labels])
     metrics = {"heldout": heldout_summary(probs, y, labels, "validation" if len(plan) == 1 else "out-of-fold")}
     if len(plan) == 1:
         metrics.update(results[0].metrics)
+        if refit is not None:  # its val rows are training rows: no held-out score
+            metrics["refit"] = {k: refit.metrics[k] for k in ("epochs_run", "kept", "n_train")}
     else:
         metrics["folds"] = {fold.name: r.metrics for fold, r in zip(plan, results)}
     trainer = results[0].trainer
     if trainer.is_world_process_zero():  # under DDP every process holds the same model: one writes
-        epochs = sum(r.metrics["epochs_run"] * r.metrics["n_train"] for r in results)
+        epochs = sum(r.metrics["epochs_run"] * r.metrics["n_train"] for r in results + [refit] if r is not None)
         common.write_json(root / common.RUNTIME_DIR / "train.json", {
             "device": str(trainer.args.device), "processes": trainer.args.world_size, "wall_time_s": round(wall, 1),
             "train_samples_per_second": round(epochs / wall, 2)})
@@ -182,7 +203,8 @@ def run(
             pipeline["members"] = [fold.name for fold in plan]  # stages/classifier.py averages their probabilities
         heldout = {"what": metrics["heldout"]["what"], "rows": metrics["heldout"]["rows"], "ids": ids, "labels": heldout_labels,
                    "probs": probs.tolist()}
-        save_outputs(root, tokenizer, pipeline, {f.name: r.model for f, r in zip(plan, results)}, heldout, metrics,
+        models = {f.name: r.model for f, r in zip(plan, results)} if refit is None else {"refit": refit.model}
+        save_outputs(root, tokenizer, pipeline, models, heldout, metrics,
                      {f.name: r.history for f, r in zip(plan, results)})
     return metrics
 

@@ -90,7 +90,9 @@ def make_compute_metrics(alpha: torch.Tensor, loss_params: LossParams):
     return compute_metrics
 
 
-def training_args(out_dir: str, p: "TrainParams", seed: int) -> TrainingArguments:
+def training_args(out_dir: str, p: "TrainParams", seed: int, load_best: bool = True) -> TrainingArguments:
+    """The Trainer's arguments; `load_best`: restore the lowest-val-loss checkpoint at the end (a refit,
+    whose val rows are in its training data, keeps its last weights instead)."""
     cuda = resolve_device(p.device, "train.device") == "cuda"
     per_device = p.batch_size // (p.nproc * p.grad_accum_steps)
     return TrainingArguments(
@@ -105,7 +107,7 @@ def training_args(out_dir: str, p: "TrainParams", seed: int) -> TrainingArgument
         eval_strategy="epoch",
         save_strategy="epoch",
         logging_strategy="epoch",
-        load_best_model_at_end=True,
+        load_best_model_at_end=load_best,
         metric_for_best_model=VAL_LOSS,  # over all val examples, not a mean of batch means
         greater_is_better=False,
         save_total_limit=1,
