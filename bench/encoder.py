@@ -87,6 +87,7 @@ def run_pipeline(repo: Path, profile: str, seed: int) -> dict:
     runtime = {p.stem: json.loads(p.read_text()) for p in (repo / ".cache/runtime").glob("*.json")}
     times = [json.loads(p.read_text()) | {"stage": p.stem} for p in (repo / ".cache/runtime/times").glob("*.json")]
     model = json.loads((repo / "models/train/pipeline.json").read_text())["model"]  # what the run really used
+    sizes = json.loads((repo / "metrics/prepare.json").read_text())["totals"]
     return {
         "profile": profile, "seed": seed, "overrides": sets, "commit": git(repo, "rev-parse", "HEAD"),
         "date": datetime.date.today().isoformat(), "command": " ".join(cmd), "device": platform.processor() or "cpu",
@@ -95,6 +96,7 @@ def run_pipeline(repo: Path, profile: str, seed: int) -> dict:
         "stage_s": {t["stage"]: round(t["ended"] - t["started"], 1) for t in times if t["started"] >= start_epoch},
         # the held-out rows' scores: validation (90 reviews on the drug reviews) or out-of-fold (all ~600)
         "heldout": train["heldout"]["what"], "heldout_rows": train["heldout"]["rows"],
+        "n_train": sizes["train"], "n_val": sizes["val"],  # one split's sizes: the corrected SE's ratio
         "val_macro_f1": train["heldout"]["macro_f1"], "val_ce_loss": train["heldout"]["ce_loss"],
         "epochs_run": [f["epochs_run"] for f in fits], "best_epoch": [f["best"]["epoch"] for f in fits],
         "kept": [f["kept"] for f in fits], "snapshots": [(f["swa"] or {}).get("snapshots", 0) for f in fits],
@@ -130,16 +132,37 @@ def table(rows: list[dict]) -> str:
         by_profile.setdefault(row["profile"], {})[row["seed"]] = row
     if all("heldout" in r for r in rows):
         return crossfit_table(by_profile)
-    lines = ["| profile | seeds | val macro-F1 | test macro-F1 | neutral F1 | ECE | `dvc repro` min, fastest / mean "
-             "| peak GiB |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| profile | seeds | val macro-F1 | Δ val macro-F1 vs full fine-tuning (paired, corrected SE) "
+             "| test macro-F1 | neutral F1 | ECE | `dvc repro` min, fastest / mean | peak GiB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for profile, seeds in by_profile.items():
         r = list(seeds.values())
         walls = [x["wall_s"] / 60 for x in rows if x["profile"] == profile]  # every run: the CPU's load varied
         col = lambda key: mean_std([x[key] for x in r])  # noqa: E731
+        full = by_profile.get(FULL_FINE_TUNING.get(profile.split("-freeze")[0], ""), {}) if "-freeze" in profile else {}
         lines.append(f"| {profile} | {','.join(map(str, sorted(seeds)))} | {col('val_macro_f1')} | "
+                     f"{vs_full_fine_tuning(seeds, full)} | "
                      f"{col('test_macro_f1')} | {col('test_neutral_f1')} | {col('test_ece')} | "
                      f"{min(walls):.1f} / {statistics.mean(walls):.1f} | {max(x['peak_mib'] for x in r) / 1024:.1f} |")
     return "\n".join(lines)
+
+
+# The full fine-tuning each frozen profile is compared with ("<encoder>-freeze..." -> profile).
+# mpnet-first-epoch: the freeze rows predate train.patience_from, so they ran under that rule too.
+FULL_FINE_TUNING = {"mpnet": "mpnet-first-epoch", "minilm": "minilm"}
+
+
+def vs_full_fine_tuning(seeds: dict[int, dict], full: dict[int, dict]) -> str:
+    """Paired validation macro-F1 difference against full fine-tuning of the same encoder on the seeds
+    both ran: mean ± the Nadeau-Bengio corrected SE (each seed validates on its own, overlapping
+    split; the sizes of one split, from the first row that records them), and on how many seeds it was
+    higher. Without recorded sizes there is nothing to correct with: no cell."""
+    shared = sorted(set(seeds) & set(full))
+    sizes = next((r for r in [*full.values(), *seeds.values()] if "n_train" in r), None)
+    if len(shared) < 2 or sizes is None:
+        return ""
+    p = paired([seeds[s]["val_macro_f1"] - full[s]["val_macro_f1"] for s in shared], sizes["n_train"], sizes["n_val"])
+    return f"{p['mean']:+.3f} ± {p['se_corrected']:.3f} ({p['better']}/{p['n']})"
 
 
 def vs_default(seeds: dict[int, dict], default: dict[int, dict]) -> str:

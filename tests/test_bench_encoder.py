@@ -26,7 +26,21 @@ def test_crossfit_table_counts_a_repeated_seed_once_and_lists_every_fit():
 def test_rows_without_held_out_scores_keep_the_encoder_table():
     row = {"profile": "minilm", "seed": 42, "val_macro_f1": 0.5, "test_macro_f1": 0.4, "test_neutral_f1": 0.1,
            "test_ece": 0.06, "wall_s": 600.0, "peak_mib": 2048}
-    assert encoder.table([row]).splitlines()[2] == "| minilm | 42 | 0.500 | 0.400 | 0.100 | 0.060 | 10.0 / 10.0 | 2.0 |"
+    assert encoder.table([row]).splitlines()[2] == "| minilm | 42 | 0.500 |  | 0.400 | 0.100 | 0.060 | 10.0 / 10.0 | 2.0 |"
+
+
+def test_a_frozen_profile_is_paired_with_full_fine_tuning_of_its_encoder_with_the_corrected_se():
+    def row(profile, seed, val):
+        return {"profile": profile, "seed": seed, "val_macro_f1": val, "test_macro_f1": 0.5, "test_neutral_f1": 0.1,
+                "test_ece": 0.06, "wall_s": 600.0, "peak_mib": 2048, "n_train": 509, "n_val": 90}
+
+    rows = [row("mpnet-first-epoch", s, v) for s, v in ((42, 0.5), (43, 0.6), (44, 0.7))]
+    del rows[0]["n_train"], rows[0]["n_val"]  # a row from before they were recorded: the others' sizes serve
+    rows += [row("mpnet-freeze11-short", s, v) for s, v in ((42, 0.48), (43, 0.62), (44, 0.66))]
+    rows += [row("minilm-freeze4", s, v) for s, v in ((42, 0.4), (43, 0.5))]  # no minilm rows: nothing to pair
+    cells = [[c.strip() for c in line.split("|")[1:-1]][3] for line in encoder.table(rows).splitlines()[2:]]
+    # diffs -0.02, +0.02, -0.04: s = 0.03055, s / sqrt(3) = 0.01764, x sqrt(1 + 3 x 90 / 509) = 0.02182
+    assert cells == ["", "-0.013 ± 0.022 (1/3)", ""]
 
 
 def test_a_profile_is_paired_with_the_default_on_shared_seeds_only():
