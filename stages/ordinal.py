@@ -22,6 +22,8 @@ Used by: stages/fit.py (training), stages/classifier.py (loading a trained model
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -61,14 +63,21 @@ def order_ids(order: list[str], labels: list[str], where: str) -> list[int]:
     return [labels.index(label) for label in order]
 
 
-def use_corn_head(model: nn.Module, order: list[int]) -> nn.Module:
-    """Swap the last nn.Linear with one output per class (the classification head) for a CornLinear with
-    the same weights; `model` itself is returned, changed in place."""
+def replace_head(model: nn.Module, make: Callable[[nn.Linear], nn.Linear]) -> nn.Module:
+    """Swap the classification head (the last nn.Linear with one output per class) for `make(head)`,
+    loaded with the head's weights; `model` itself is returned, changed in place."""
     n = model.config.num_labels
     name = [k for k, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == n][-1]
     parent, _, attr = name.rpartition(".")
     old = model.get_submodule(name)
-    new = CornLinear(old.in_features, n, bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
+    new = make(old)
     new.load_state_dict(old.state_dict())
-    setattr(model.get_submodule(parent) if parent else model, attr, new.set_order(order))
+    setattr(model.get_submodule(parent) if parent else model, attr, new)
     return model
+
+
+def use_corn_head(model: nn.Module, order: list[int]) -> nn.Module:
+    """The classification head as a CornLinear with the same weights (replace_head)."""
+    return replace_head(model, lambda old: CornLinear(
+        old.in_features, old.out_features, bias=old.bias is not None, device=old.weight.device,
+        dtype=old.weight.dtype).set_order(order))

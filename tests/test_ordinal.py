@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from stages.classifier import Classifier
 from stages.focal_loss import focal_loss
-from stages.ordinal import CornLinear, order_ids, rank_log_probs, use_corn_head
+from stages.ordinal import CornLinear, order_ids, rank_log_probs, replace_head, use_corn_head
 from stages.train import run
 from test_train import LABELS, _params
 
@@ -95,16 +95,10 @@ def test_a_wrong_order_fails_before_training(tiny_root):
 
 
 def use_plain_head(model):
+    """A copy of `model` with its CORN head read as a plain nn.Linear (softmax over raw logits)."""
     import copy
 
-    model = copy.deepcopy(model)
-    (name,) = [k for k, m in model.named_modules() if isinstance(m, CornLinear)]
-    old = model.get_submodule(name)
-    plain = torch.nn.Linear(old.in_features, old.out_features)
-    plain.load_state_dict(old.state_dict())
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, plain)
-    return model
+    return replace_head(copy.deepcopy(model), lambda old: torch.nn.Linear(old.in_features, old.out_features))
 
 
 def _val_rows(root):
