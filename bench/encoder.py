@@ -114,11 +114,30 @@ def load(results: Path) -> list[dict]:
     return json.loads(results.read_text()) if results.exists() else []
 
 
+# Profiles whose rows another results file holds, shown in the encoder table under the alias: the MiniLM
+# default is the `default` profile of crossfit.json (the same `dvc exp run --force -S seed=N`, same seeds),
+# so its full fine-tuning is measured once and the frozen MiniLM profile pairs with it.
+BORROWED = {"minilm": ("crossfit", "default")}
+
+
+def with_borrowed(rows: list[dict], results: Path) -> list[dict]:
+    """The rows of the encoder table: the BORROWED profiles' rows (renamed to their alias), then its own."""
+    if results.stem != "encoder":
+        return rows
+    borrowed = [r | {"profile": alias} for alias, (name, profile) in BORROWED.items()
+                for r in load(results.with_name(f"{name}.json")) if r["profile"] == profile]
+    return [*borrowed, *rows]
+
+
 def save(rows: list[dict], results: Path) -> None:
     """The rows, and their table as markdown beside them (what README.md and BENCHMARKS.md quote)."""
     results.parent.mkdir(parents=True, exist_ok=True)
+    shown = with_borrowed(rows, results)
+    borrowed = "".join(f"; {alias}: the {profile} rows of {name}.json" for alias, (name, profile) in BORROWED.items()
+                       if results.stem == "encoder")
     md = (f"<!-- written by bench/encoder.py from {results.name}; commits "
-          f"{', '.join(sorted({r['commit'][:7] for r in rows}))} -->\n{table(rows)}\n")
+          f"{', '.join(sorted({r['commit'][:7] for r in shown}))}{borrowed} -->\n"
+          f"{table(shown, crossfit=results.stem != 'encoder')}\n")
     for path, text in ((results, json.dumps(rows, indent=2) + "\n"), (results.with_suffix(".md"), md)):
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
@@ -129,12 +148,13 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
-def table(rows: list[dict]) -> str:
-    """One line per profile: mean ± std over its distinct seeds (a repeated seed counts once: the last run)."""
+def table(rows: list[dict], crossfit: bool | None = None) -> str:
+    """One line per profile: mean ± std over its distinct seeds (a repeated seed counts once: the last run).
+    The cross-fit table (held-out scores, every fit's epochs) when `crossfit`; None: when every row has them."""
     by_profile: dict[str, dict[int, dict]] = {}
     for row in rows:
         by_profile.setdefault(row["profile"], {})[row["seed"]] = row
-    if all("heldout" in r for r in rows):
+    if crossfit or (crossfit is None and all("heldout" in r for r in rows)):
         return crossfit_table(by_profile)
     lines = ["| profile | seeds | val macro-F1 | Δ val macro-F1 vs full fine-tuning (paired, corrected SE) "
              "| test macro-F1 | neutral F1 | ECE | `dvc repro` min, fastest / mean | peak GiB |",
@@ -218,7 +238,7 @@ def main() -> None:
                 row = run_pipeline(args.repo.resolve(), profile, seed)
                 save([*load(results), row], results)
                 print(json.dumps(row))
-    print(table(load(results)))
+    print(table(with_borrowed(load(results), results), crossfit=results.stem != "encoder"))
 
 
 if __name__ == "__main__":
