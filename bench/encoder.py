@@ -40,6 +40,8 @@ SHORT = ["model.name=bundled-mpnet", "train.learning_rate=1e-4", "train.max_epoc
 PROFILES = {
     "minilm": [],
     "minilm-freeze4": ["model.freeze_layers=4"],
+    # batches of similar lengths: less padding per step, other batches (so other results)
+    "minilm-grouped": ["train.group_by_length=true"],
     "mpnet": ["model.name=bundled-mpnet"],
     # full fine-tuning under the stopping rule the freeze rows below ran under (they predate
     # train.patience_from), so the two pair up; each mpnet epoch costs ~5 min on 2 cores
@@ -52,6 +54,7 @@ PROFILES = {
     "mpnet-freeze11-short": [*SHORT, "model.freeze_layers=11"],
     # the same schedule with the top two layers trained: the freezing level is the only change
     "mpnet-freeze10-short": [*SHORT, "model.freeze_layers=10"],
+    "mpnet-freeze8-short": [*SHORT, "model.freeze_layers=8"],
     # Cross-fit: the defaults (patience counted from swa.start_epoch), Hugging Face's patience rule (the
     # defaults before), and K fold models over train + val.
     "default": [],

@@ -85,6 +85,8 @@ class TrainParams:
     # true (train.folds: 1 only): after the fit on train, stopped and chosen on val, a fresh fit on train +
     # val for the epochs that fit chose, keeping what it kept; the held-out scores stay the first fit's.
     refit: bool
+    # true: the Trainer's length-grouped sampler (batches of similar lengths) instead of a random order.
+    group_by_length: bool
 
     def __post_init__(self) -> None:
         common.check_ranges(self, "train")
@@ -102,6 +104,15 @@ class TrainParams:
             raise common.ParamsError(
                 f"train.swa.start_epoch ({self.swa.start_epoch}) must be <= train.max_epochs ({self.max_epochs}), "
                 "or SWA would never average anything; or set train.swa.enabled: false")
+
+
+def check_sampling(model_params: ModelParams, p: TrainParams) -> None:
+    """Length grouping reads every training text's token ids, which the cached frozen layers replace."""
+    if p.group_by_length and model_params.freeze_layers and model_params.cache_frozen:
+        raise common.ParamsError(
+            "train.group_by_length needs the token ids of every training text, but with model.freeze_layers "
+            f"({model_params.freeze_layers}) and model.cache_frozen the Trainer sees cached hidden states: "
+            "set train.group_by_length: false, or model.cache_frozen: false")
 
 
 def launch_distributed(p: TrainParams) -> int:
@@ -249,6 +260,7 @@ def main() -> None:
     model_params = common.load_section(ModelParams, "model")
     common.check_tracked_model(model_params.name, "model.name")
     train_params = common.load_section(TrainParams, "train")
+    check_sampling(model_params, train_params)
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and world != train_params.nproc:
         raise common.ParamsError(

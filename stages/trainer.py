@@ -114,6 +114,7 @@ def training_args(out_dir: str, p: "TrainParams", seed: int, load_best: bool = T
         save_only_model=True,  # checkpoints live in a temp dir; the optimizer state is never needed
         seed=seed,
         data_seed=seed,
+        train_sampling_strategy="group_by_length" if p.group_by_length else "random",
         **device_args(p.device, "train.device"),
         ddp_backend=("nccl" if cuda else "gloo") if p.nproc > 1 else None,
         report_to="none",
