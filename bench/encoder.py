@@ -166,7 +166,8 @@ def table(rows: list[dict], crossfit: bool | None = None) -> str:
         r = list(seeds.values())
         walls = [x["wall_s"] / 60 for x in rows if x["profile"] == profile]  # every run: the CPU's load varied
         col = lambda key: mean_std([x[key] for x in r])  # noqa: E731
-        full = by_profile.get(FULL_FINE_TUNING.get(profile.split("-freeze")[0], ""), {}) if "-freeze" in profile else {}
+        baseline = FULL_FINE_TUNING.get(profile.split("-")[0], profile)  # a lever's: its encoder fully fine-tuned
+        full = by_profile.get(baseline, {}) if baseline != profile else {}
         lines.append(f"| {profile} | {','.join(map(str, sorted(seeds)))} | {col('val_macro_f1')} | "
                      f"{vs_full_fine_tuning(seeds, full)} | "
                      f"{col('test_macro_f1')} | {col('test_neutral_f1')} | {col('test_ece')} | "
@@ -174,7 +175,7 @@ def table(rows: list[dict], crossfit: bool | None = None) -> str:
     return "\n".join(lines)
 
 
-# The full fine-tuning each frozen profile is compared with ("<encoder>-freeze..." -> profile).
+# The full fine-tuning each lever profile ("<encoder>-<lever>": freezing, grouping) is compared with.
 # mpnet-first-epoch: the freeze rows predate train.patience_from, so they ran under that rule too.
 FULL_FINE_TUNING = {"mpnet": "mpnet-first-epoch", "minilm": "minilm"}
 

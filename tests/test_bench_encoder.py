@@ -59,13 +59,15 @@ def test_the_encoder_table_borrows_the_minilm_default_from_the_crossfit_results(
 
     (tmp_path / "crossfit.json").write_text(json.dumps(
         [row("default", s, v) for s, v in ((42, 0.5), (43, 0.6), (44, 0.7))] + [row("folds3", 42, 0.9)]))
-    frozen = [row("minilm-freeze4", s, v) for s, v in ((42, 0.48), (43, 0.62), (44, 0.66))]
+    frozen = [row(p, s, v) for p in ("minilm-freeze4", "minilm-grouped") for s, v in ((42, 0.48), (43, 0.62), (44, 0.66))]
     encoder.save(frozen, tmp_path / "encoder.json")
     assert json.loads((tmp_path / "encoder.json").read_text()) == frozen  # the borrowed rows stay in crossfit.json
     md = (tmp_path / "encoder.md").read_text().splitlines()
     assert "minilm: the default rows of crossfit.json" in md[0]
     cells = [[c.strip() for c in line.split("|")[1:-1]] for line in md[3:]]
-    assert [c[:2] for c in cells] == [["minilm", "42,43,44"], ["minilm-freeze4", "42,43,44"]]  # folds3 not borrowed
-    assert cells[0][2] == "0.600 ± 0.100" and cells[1][3] == "-0.013 ± 0.022 (1/3)"
+    assert [c[:2] for c in cells] == [["minilm", "42,43,44"], ["minilm-freeze4", "42,43,44"],
+                                      ["minilm-grouped", "42,43,44"]]  # folds3 not borrowed
+    # every lever (freezing, grouping) pairs with its encoder's full fine-tuning; that one with nothing
+    assert cells[0][2] == "0.600 ± 0.100" and [c[3] for c in cells] == ["", *["-0.013 ± 0.022 (1/3)"] * 2]
     # the cross-fit results are not the encoder table: nothing borrowed there
     assert encoder.with_borrowed(frozen, tmp_path / "crossfit.json") == frozen
