@@ -71,3 +71,12 @@ def test_the_encoder_table_borrows_the_minilm_default_from_the_crossfit_results(
     assert cells[0][2] == "0.600 ± 0.100" and [c[3] for c in cells] == ["", *["-0.013 ± 0.022 (1/3)"] * 2]
     # the cross-fit results are not the encoder table: nothing borrowed there
     assert encoder.with_borrowed(frozen, tmp_path / "crossfit.json") == frozen
+
+
+def test_a_results_file_of_other_data_pairs_with_its_own_default(tmp_path):
+    rows = [_row("bbcnews", s, f, commit="a" * 7) for s, f in ((42, 0.9), (43, 0.8))]
+    rows += [_row("bbcnews-first-epoch", s, f, commit="a" * 7) for s, f in ((42, 0.95), (43, 0.8))]
+    rows += [_row("default", s, 0.1, commit="a" * 7) for s in (42, 43)]  # another dataset's default: not the baseline
+    encoder.save(rows, tmp_path / "bbcnews.json")
+    cells = [[c.strip() for c in line.split("|")[1:-1]][5] for line in (tmp_path / "bbcnews.md").read_text().splitlines()[3:]]
+    assert cells == ["", "+0.025 ± 0.025 (1/2)", "-0.750 ± 0.050 (0/2)"]
