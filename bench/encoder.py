@@ -173,7 +173,7 @@ def table(rows: list[dict], crossfit: bool | None = None, baseline: str = "defau
              "|---|---|---|---|---|---|---|---|---|"]
     for profile, seeds in by_profile.items():
         r = list(seeds.values())
-        walls = [x["wall_s"] / 60 for x in rows if x["profile"] == profile]  # every run: the CPU's load varied
+        walls = [x["wall_s"] / 60 for x in r]  # the runs the scores come from (a re-run replaces its seed's)
         col = lambda key: mean_std([x[key] for x in r])  # noqa: E731
         baseline = FULL_FINE_TUNING.get(profile.split("-")[0], profile)  # a lever's: its encoder fully fine-tuned
         full = by_profile.get(baseline, {}) if baseline != profile else {}
