@@ -56,6 +56,8 @@ PROFILES = {
     # the same schedule with the top two layers trained: the freezing level is the only change
     "mpnet-freeze10-short": [*SHORT, "model.freeze_layers=10"],
     "mpnet-freeze8-short": [*SHORT, "model.freeze_layers=8"],
+    # the short schedule as a lever: the same freezing and stopping rule under params.yaml's schedule
+    "mpnet-freeze8": ["model.name=bundled-mpnet", "model.freeze_layers=8", "train.patience_from=first_epoch"],
     # Cross-fit: the defaults (patience counted from swa.start_epoch), Hugging Face's patience rule (the
     # defaults before), and K fold models over train + val.
     "default": [],
