@@ -142,6 +142,12 @@ def with_borrowed(rows: list[dict], results: Path) -> list[dict]:
     return [*borrowed, *rows]
 
 
+def results_table(rows: list[dict], results: Path) -> str:
+    """The table of a results file: the encoder table (with the BORROWED rows) or the cross-fit table,
+    paired with that file's BASELINE."""
+    return table(with_borrowed(rows, results), results.stem != "encoder", BASELINE.get(results.stem, "default"))
+
+
 def save(rows: list[dict], results: Path) -> None:
     """The rows, and their table as markdown beside them (what README.md and BENCHMARKS.md quote)."""
     results.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +156,7 @@ def save(rows: list[dict], results: Path) -> None:
                        if results.stem == "encoder")
     md = (f"<!-- written by bench/encoder.py from {results.name}; commits "
           f"{', '.join(sorted({r['commit'][:7] for r in shown}))}{borrowed} -->\n"
-          f"{table(shown, results.stem != 'encoder', BASELINE.get(results.stem, 'default'))}\n")
+          f"{results_table(rows, results)}\n")
     for path, text in ((results, json.dumps(rows, indent=2) + "\n"), (results.with_suffix(".md"), md)):
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
@@ -253,7 +259,7 @@ def main() -> None:
                 row = run_pipeline(args.repo.resolve(), profile, seed)
                 save([*load(results), row], results)
                 print(json.dumps(row))
-    print(table(with_borrowed(load(results), results), results.stem != "encoder", BASELINE.get(results.stem, "default")))
+    print(results_table(load(results), results))
 
 
 if __name__ == "__main__":
