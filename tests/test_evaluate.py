@@ -18,6 +18,8 @@ from stages.evaluate import (
     classification_metrics,
     expected_calibration_error,
     bias_tuned_metrics,
+    cross_validated_bias_macro_f1,
+    macro_f1_with_bias,
     biased_argmax,
     load_split,
     predictions_csv,
@@ -256,5 +258,29 @@ def test_bias_tuned_metrics_score_every_class_with_the_validation_bias():
     assert bias == {"a": 0.0, "b": 0.0, "c": 0.0, "d": 0.0}
     assert per_class == pytest.approx({"a": 4 / 7, "b": 0.5, "c": 0.0, "d": 0.0})
     assert tuned == pytest.approx({"val_macro_f1_argmax": 1.0, "val_macro_f1": 1.0, "accuracy": 0.5,
-                                   "macro_f1": 15 / 56})
+                                   "macro_f1": 15 / 56, "val_macro_f1_cross_validated": None})  # 1 row a class
     assert bias_tuned_metrics(val_probs, np.arange(4), val_probs, np.arange(4), HAND_LABELS, 1.0)["accuracy"] == 1.0
+
+
+def test_cross_validated_bias_recovers_a_shift_every_part_shares():
+    # class 1 always gets 0.4: argmax never predicts it; a bias tuned on any 4 of 5 parts fixes the 5th
+    y = np.array([0, 1] * 10)
+    probs = np.array([[0.9, 0.1] if c == 0 else [0.6, 0.4] for c in y])
+    assert macro_f1_with_bias(probs, y, np.zeros(2)) == pytest.approx(1 / 3)
+    assert cross_validated_bias_macro_f1(probs, y, 2, half_width=2.0) == pytest.approx(1.0)
+
+
+def test_cross_validated_bias_scores_each_row_with_biases_tuned_without_it():
+    # noise: a bias tuned on all rows scores them higher than the same rule does on rows it never saw
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], [40, 15, 10])
+    probs = rng.dirichlet([1.0, 1.0, 1.0], size=len(y))
+    in_sample = macro_f1_with_bias(probs, y, tune_bias(probs, y, 3, half_width=2.0))
+    assert cross_validated_bias_macro_f1(probs, y, 3, half_width=2.0) < in_sample - 0.02
+
+
+def test_cross_validated_bias_needs_k_rows_of_every_class():
+    y = np.array([0] * 10 + [1] * 4)
+    probs = np.tile([0.5, 0.5], (len(y), 1))
+    assert cross_validated_bias_macro_f1(probs, y, 2, half_width=1.0) is None
+    assert cross_validated_bias_macro_f1(probs, y, 2, half_width=1.0, k=4) is not None
