@@ -1,0 +1,111 @@
+"""The decision rule, chosen on held-out rows: argmax against per-class biases tuned for macro-F1.
+
+`evaluate` tunes biases b for argmax(log p + b) on the held-out rows (validation, or out-of-fold
+with train.folds > 1) and reports them on test; their in-sample held-out score cannot say whether
+they generalise. This scores the rule as it would meet new rows, on the held-out rows alone
+(stages/evaluate.py, cross_validated_bias_macro_f1: each of 5 stratified parts decided with the
+biases tuned on the other 4), for runs that bench/encoder.py made in REPO: each results row's
+experiment (`enc-<profile>-s<seed>` of its commit) has its models/train/heldout.json in REPO's DVC
+cache. The test split is not read.
+
+Run: python bench/decision.py REPO [--results crossfit --results encoder]
+     -> bench/results/decision.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.record import start, write  # noqa: E402
+from bench.stats import paired  # noqa: E402
+from stages.evaluate import cross_validated_bias_macro_f1, macro_f1_with_bias  # noqa: E402
+
+HALF_WIDTH = 2.0  # params.yaml's evaluate.bias_search, under which the runs' bias_tuned rows were made
+
+
+def cached_model_file(repo: Path, row: dict, relpath: str) -> dict | None:
+    """models/train/RELPATH (json) of a results row's experiment, from REPO's DVC cache; None if gone."""
+    ref = f"refs/exps/{row['commit'][:2]}/{row['commit'][2:]}/enc-{row['profile']}-s{row['seed']}"
+    lock = subprocess.run(["git", "show", f"{ref}:dvc.lock"], cwd=repo, capture_output=True, text=True)
+    if lock.returncode:
+        return None
+    out = next(o for o in yaml.safe_load(lock.stdout)["stages"]["train"]["outs"] if o["path"] == "models/train")
+    cache = repo / ".dvc/cache/files/md5"
+    listing = cache / out["md5"][:2] / out["md5"][2:]
+    if not listing.exists():
+        return None
+    md5 = next(f["md5"] for f in json.loads(listing.read_text()) if f["relpath"] == relpath)
+    return json.loads((cache / md5[:2] / md5[2:]).read_text())
+
+
+def score(heldout: dict, labels: list[str]) -> dict:
+    """Held-out macro-F1 of argmax and of the cross-validated bias rule, on the same rows."""
+    probs = np.array(heldout["probs"], dtype=np.float64)
+    y = np.array([labels.index(lab) for lab in heldout["labels"]])
+    return {"heldout": heldout["what"], "rows": len(y),
+            "argmax_macro_f1": macro_f1_with_bias(probs, y, np.zeros(len(labels))),
+            "bias_cv_macro_f1": cross_validated_bias_macro_f1(probs, y, len(labels), HALF_WIDTH)}
+
+
+def table(rows: list[dict]) -> str:
+    """Per profile: held-out argmax and cross-validated bias macro-F1, and their paired difference with
+    the Nadeau-Bengio corrected SE (n_test / n_train of one split: val / train, or 1 / (K - 1) for K folds)."""
+    lines = ["| profile | seeds | held out (rows) | argmax macro-F1 | bias rule, cross-validated | "
+             "Δ bias - argmax (paired, corrected SE, higher on) |", "|---|---|---|---|---|---|"]
+    for profile in dict.fromkeys(r["profile"] for r in rows):
+        r = [x for x in rows if x["profile"] == profile]
+        diffs = [x["bias_cv_macro_f1"] - x["argmax_macro_f1"] for x in r]
+        k, sizes = r[0]["folds"], next((x for x in r if x["n_train"]), None)
+        n_train, n_test = (k - 1, 1) if k > 1 else (sizes["n_train"], sizes["n_val"]) if sizes else (None, None)
+        delta = ""
+        if len(r) > 1:
+            p = paired(diffs, n_train, n_test)
+            delta = f"{p['mean']:+.3f} ± {p['se_corrected']:.3f} ({p['better']}/{p['n']})"
+
+        def col(key: str) -> str:
+            values = [x[key] for x in r]
+            return f"{statistics.mean(values):.3f}" + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
+        lines.append(f"| {profile} | {','.join(str(x['seed']) for x in r)} | {r[0]['heldout']} ({r[0]['rows']}) | "
+                     f"{col('argmax_macro_f1')} | {col('bias_cv_macro_f1')} | {delta} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("repo", type=Path)
+    parser.add_argument("--results", action="append", default=[], help="bench/results/NAME.json (crossfit, encoder)")
+    args = parser.parse_args()
+    meta, found, missing = start(), {}, []
+    for name in args.results or ["crossfit", "encoder"]:
+        for row in json.loads((ROOT / f"bench/results/{name}.json").read_text()):
+            heldout = cached_model_file(args.repo.resolve(), row, "heldout.json")
+            if heldout is None:
+                missing.append(f"{row['profile']}-s{row['seed']}")
+                continue
+            labels = cached_model_file(args.repo.resolve(), row, "pipeline.json")["labels"]
+            folds = len(row["epochs_run"])
+            # a (profile, seed) run again counts once, as in bench/encoder.py's tables: the last run
+            found[row["profile"], row["seed"]] = {
+                "profile": row["profile"], "seed": row["seed"], "commit": row["commit"], "folds": folds,
+                "n_train": row.get("n_train"), "n_val": row.get("n_val"), **score(heldout, labels)}
+    rows = list(found.values())
+    if missing:
+        print(f"decision: not in {args.repo}'s experiments or DVC cache, skipped: {', '.join(missing)}")
+    text = table(rows)
+    write("decision", meta, {"experiment_commits": sorted({r["commit"][:7] for r in rows}), "rows": rows}, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
