@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.encoder import mean_std  # noqa: E402
 from bench.record import start, write  # noqa: E402
 from bench.stats import paired  # noqa: E402
 from stages.evaluate import cross_validated_bias_macro_f1, macro_f1_with_bias  # noqa: E402
@@ -74,10 +74,7 @@ def table(rows: list[dict]) -> str:
         if len(r) > 1:
             p = paired(diffs, n_train, n_test)
             delta = f"{p['mean']:+.3f} ± {p['se_corrected']:.3f} ({p['better']}/{p['n']})"
-
-        def col(key: str) -> str:
-            values = [x[key] for x in r]
-            return f"{statistics.mean(values):.3f}" + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
+        col = lambda key: mean_std([x[key] for x in r])  # noqa: E731
         lines.append(f"| {profile} | {','.join(str(x['seed']) for x in r)} | {r[0]['heldout']} ({r[0]['rows']}) | "
                      f"{col('argmax_macro_f1')} | {col('bias_cv_macro_f1')} | {delta} |")
     return "\n".join(lines)
