@@ -1,7 +1,8 @@
 """Ablation of the remedies, through the pipeline itself, over seeds.
 
-Each row adds one remedy to a plain cross-entropy fine-tune, ending at the default params;
-every row runs for each seed as a named DVC experiment (`abl-<row>-s<seed>`), queued and run
+Each row of STEPS adds one remedy to a plain cross-entropy fine-tune, ending at the default params
+(row `final`); each row of WITHOUT is the default less one remedy (leave one out), compared with
+the default on the same seeds. Every row runs for each seed as a named DVC experiment (`abl-<row>-s<seed>`), queued and run
 one at a time. The report reads the finished experiments (`dvc exp show --json`) and the
 train times their `log` stage sent to MLflow, and prints mean +- std over seeds, next to
 the majority-class and TF-IDF + logistic-regression references (fitted on the same splits).
@@ -54,17 +55,29 @@ STEPS = [
     ("tapt", "+ masked-LM pretraining (TAPT), 3 epochs", {"pretrain.enabled": True}),
     ("tapt10", "+ TAPT for 10 epochs instead", {"pretrain.epochs": 10}),
 ]
+# Leave one out on the default: what each remedy is worth on the encoder and schedule users now get.
+REMEDIES = {"alpha.method": "none", "loss.label_smoothing": 0, "train.swa.enabled": False,
+            "augment.enabled": False, "tokenizer.max_new_tokens": 0}
+WITHOUT = [
+    ("no-swa", "default without SWA", {"train.swa.enabled": False}),
+    ("no-backtrans", "default without back-translation", {"augment.enabled": False}),
+    ("no-weights", "default without class weights (alpha none)", {"alpha.method": "none"}),
+    ("no-smoothing", "default without label smoothing", {"loss.label_smoothing": 0}),
+    ("no-tokenizer", "default without the extended tokenizer", {"tokenizer.max_new_tokens": 0}),
+    ("plain-mpnet", "default without any of these five (plain CE on mpnet)", REMEDIES),
+]
 RESULTS = ROOT / "bench/results/ablation.json"
 COLUMNS = [("macro_f1", "test macro-F1"), ("accuracy", "accuracy"), ("neutral_f1", "neutral F1"), ("ece", "ECE")]
 
 
 def rows() -> list[tuple[str, str, dict]]:
-    """(name, label, full overrides) per row, cumulative over STEPS."""
+    """(name, label, full overrides) per row: cumulative over STEPS, then WITHOUT's changes to `final`."""
     out, current = [], dict(PLAIN)
     for name, label, change in STEPS:
         current = {**current, **change}
         out.append((name, label, dict(current)))
-    return out
+    final = next(overrides for name, _, overrides in out if name == "final")
+    return out + [(name, label, {**final, **change}) for name, label, change in WITHOUT]
 
 
 def queue(seeds: list[int], only: list[str] | None = None) -> None:
@@ -175,18 +188,22 @@ def paired_vs(members: list[Run], previous: list[Run]) -> dict | None:
 
 
 def results(found: dict[str, list[Run]], times: dict[str, float], vals: dict[str, float], refs, revs) -> dict:
-    """What the report found, as the results file bench/results/ablation.json holds it."""
-    out, previous = [], None
+    """What the report found, as the results file bench/results/ablation.json holds it. A STEPS row is
+    compared with the nearest STEPS row above it that ran; a WITHOUT row with `final`."""
+    out, previous, without = [], None, {name for name, _, _ in WITHOUT}
     for name, label, overrides in rows():
         members = sorted(found.get(name, []), key=seed_of)
         if members:
+            base = ("final", found.get("final")) if name in without else previous
             out.append({"name": name, "label": label, "overrides": overrides,
                         "seeds": [seed_of(m) for m in members], "experiments": [m.name for m in members],
                         "test": {k: summary([flatten_test(m.metrics)[k] for m in members]) for k, _ in COLUMNS},
                         "val_macro_f1": summary([vals[m.name] for m in members if m.name in vals]),
                         "train_wall_s": summary([times[m.name] for m in members if m.name in times]),
-                        "vs_previous": paired_vs(members, previous) if previous else None})
-            previous = members
+                        "vs_row": base[0] if base and base[1] else None,
+                        "vs_previous": paired_vs(members, base[1]) if base and base[1] else None})
+            if name not in without:
+                previous = (name, members)
     return {"date": time.strftime("%Y-%m-%d"), "commit": git("rev-parse", "HEAD"),
             "baselines": [git("rev-parse", rev) for rev in revs or ["HEAD"]],
             "command": " ".join(["python bench/ablation.py report", *(["--rev", *revs] if revs else [])]),
@@ -201,7 +218,7 @@ def fmt(stat: dict, digits: int = 3) -> str:
 def table(res: dict) -> str:
     """The markdown table of a results dict (what README.md and BENCHMARKS.md quote)."""
     lines = ["| row | seeds | val macro-F1 | " + " | ".join(label for _, label in COLUMNS)
-             + " | Δ test macro-F1 vs row above (paired) | train time (s) |",
+             + " | Δ test macro-F1, paired (vs the row above; a 'default without' row vs the default) | train time (s) |",
              "|---|---|---|" + "---|" * len(COLUMNS) + "---|---|"]
     for ref in res["references"]:
         lines.append(f"| {ref['name']} (reference) | {len(ref['test']['macro_f1']['values'])} | — | "

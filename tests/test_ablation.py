@@ -1,6 +1,6 @@
 """bench/ablation.py: the rows it queues and what its report reads."""
 
-from bench.ablation import group_rows, kept_val_f1, results, rows, table
+from bench.ablation import REMEDIES, WITHOUT, group_rows, kept_val_f1, results, rows, table
 from stages.common import read_params
 from tools.grid import Run
 
@@ -21,9 +21,31 @@ def test_rows_are_cumulative_and_pin_every_key_a_later_row_changes():
     built = rows()
     keys = [set(overrides) for _, _, overrides in built]
     assert all(keys[0] == k for k in keys), "a key set only by a later row would float with params.yaml"
-    plain, tapt10 = built[0][2], built[-1][2]
+    plain, tapt10 = built[0][2], dict((name, o) for name, _, o in built)["tapt10"]
     assert plain["pretrain.enabled"] is False and tapt10["pretrain.enabled"] is True
     assert tapt10["pretrain.epochs"] == 10
+
+
+def test_each_leave_one_out_row_is_the_default_with_only_its_remedy_undone():
+    built = dict((name, overrides) for name, _, overrides in rows())
+    final = built["final"]
+    for name, _, change in WITHOUT:
+        differs = {key for key in final if built[name][key] != final[key]}
+        assert differs == set(change) and differs, name  # a no-op change would compare the default with itself
+    assert {name for name, _, _ in WITHOUT} >= {"no-swa", "no-backtrans", "plain-mpnet"}
+    assert {key: built["plain-mpnet"][key] for key in REMEDIES} == {key: built["plain-ce"][key] for key in REMEDIES}
+
+
+def test_a_leave_one_out_row_is_paired_with_the_default_not_with_the_row_above():
+    runs = [run("abl-weights-s42", 0.30), run("abl-weights-s43", 0.30), run("abl-final-s42", 0.60),
+            run("abl-final-s43", 0.62), run("abl-no-swa-s42", 0.55), run("abl-no-swa-s43", 0.61),
+            run("abl-no-backtrans-s42", 0.50), run("abl-no-backtrans-s43", 0.50)]
+    res = {r["name"]: r for r in results(group_rows(runs), {}, {}, [], [])["rows"]}
+    assert res["final"]["vs_row"] == "weights" and res["no-swa"]["vs_row"] == "final"
+    assert res["no-backtrans"]["vs_row"] == "final"  # not no-swa, the row above it
+    assert abs(res["no-swa"]["vs_previous"]["mean"] - -0.03) < 1e-12 and res["no-swa"]["vs_previous"]["better"] == 0
+    assert abs(res["no-backtrans"]["vs_previous"]["mean"] - -0.11) < 1e-12
+    assert results(group_rows(runs[-2:]), {}, {}, [], [])["rows"][0]["vs_previous"] is None  # no default to pair
 
 
 def test_report_reads_the_validation_score_of_the_kept_model():
