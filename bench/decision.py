@@ -35,8 +35,9 @@ from stages.evaluate import cross_validated_bias_macro_f1, macro_f1_with_bias  #
 HALF_WIDTH = 2.0  # params.yaml's evaluate.bias_search, under which the runs' bias_tuned rows were made
 
 
-def cached_model_file(repo: Path, row: dict, relpath: str) -> dict | None:
-    """models/train/RELPATH (json) of a results row's experiment, from REPO's DVC cache; None if gone."""
+def cached_model_files(repo: Path, row: dict, *relpaths: str) -> list[dict] | None:
+    """models/train/RELPATH (json) for each RELPATH of a results row's experiment, from REPO's DVC cache
+    (its dvc.lock read once); None if the experiment or its cached model is gone."""
     name = re.search(r" -n (\S+)", row["command"]).group(1)  # the experiment's name as run (profiles get renamed)
     ref = f"refs/exps/{row['commit'][:2]}/{row['commit'][2:]}/{name}"
     lock = subprocess.run(["git", "show", f"{ref}:dvc.lock"], cwd=repo, capture_output=True, text=True)
@@ -47,8 +48,8 @@ def cached_model_file(repo: Path, row: dict, relpath: str) -> dict | None:
     listing = cache / out["md5"][:2] / out["md5"][2:]
     if not listing.exists():
         return None
-    md5 = next(f["md5"] for f in json.loads(listing.read_text()) if f["relpath"] == relpath)
-    return json.loads((cache / md5[:2] / md5[2:]).read_text())
+    md5s = {f["relpath"]: f["md5"] for f in json.loads(listing.read_text())}
+    return [json.loads((cache / md5s[p][:2] / md5s[p][2:]).read_text()) for p in relpaths]
 
 
 def score(heldout: dict, labels: list[str]) -> dict:
@@ -88,11 +89,11 @@ def main() -> None:
     meta, found, missing = start(), {}, []
     for name in args.results or ["crossfit", "encoder"]:
         for row in json.loads((ROOT / f"bench/results/{name}.json").read_text()):
-            heldout = cached_model_file(args.repo.resolve(), row, "heldout.json")
-            if heldout is None:
+            files = cached_model_files(args.repo.resolve(), row, "heldout.json", "pipeline.json")
+            if files is None:
                 missing.append(f"{row['profile']}-s{row['seed']}")
                 continue
-            labels = cached_model_file(args.repo.resolve(), row, "pipeline.json")["labels"]
+            heldout, labels = files[0], files[1]["labels"]
             folds = len(row["epochs_run"])
             # a (profile, seed) run again counts once, as in bench/encoder.py's tables: the last run
             found[row["profile"], row["seed"]] = {

@@ -39,15 +39,15 @@ def experiment_repo(root: Path, heldout: dict) -> Path:
     return root
 
 
-def test_cached_model_file_follows_the_experiments_lock_into_the_cache(tmp_path):
+def test_cached_model_files_follow_the_experiments_lock_into_the_cache(tmp_path):
     heldout = {"what": "out-of-fold", "labels": ["a", "b"], "probs": [[0.9, 0.1], [0.2, 0.8]]}
     repo = experiment_repo(tmp_path, heldout)
     row = {"commit": COMMIT, "profile": "renamed", "seed": 42, "command": "dvc exp run --force -n enc-p-s42 -S seed=42"}
-    assert decision.cached_model_file(repo, row, "heldout.json") == heldout
-    assert decision.cached_model_file(repo, row, "pipeline.json") == {"labels": ["a", "b"]}
-    assert decision.cached_model_file(repo, {**row, "command": "dvc exp run -n enc-p-s43"}, "heldout.json") is None
+    assert decision.cached_model_files(repo, row, "heldout.json", "pipeline.json") == [heldout, {"labels": ["a", "b"]}]
+    assert decision.cached_model_files(repo, row, "pipeline.json") == [{"labels": ["a", "b"]}]
+    assert decision.cached_model_files(repo, {**row, "command": "dvc exp run -n enc-p-s43"}, "heldout.json") is None
     (repo / ".dvc/cache/files/md5/33").joinpath("3" * 30 + ".dir").unlink()  # gc'ed from the cache
-    assert decision.cached_model_file(repo, row, "heldout.json") is None
+    assert decision.cached_model_files(repo, row, "heldout.json") is None
 
 
 def test_score_sets_the_cross_validated_bias_rule_beside_argmax_on_the_same_rows():
