@@ -2,10 +2,11 @@
 
 Each row of STEPS adds one remedy to a plain cross-entropy fine-tune, ending at the default params
 (row `final`); each row of WITHOUT is the default less one remedy (leave one out), compared with
-the default on the same seeds. Every row runs for each seed as a named DVC experiment (`abl-<row>-s<seed>`), queued and run
-one at a time. The report reads the finished experiments (`dvc exp show --json`) and the
-train times their `log` stage sent to MLflow, and prints mean +- std over seeds, next to
-the majority-class and TF-IDF + logistic-regression references (fitted on the same splits).
+the default on the same seeds. Every row runs for each seed as a named DVC experiment
+(`abl-<row>-s<seed>`), queued and run one at a time. The report reads the finished experiments
+(`dvc exp show --json`) and the train times their `log` stage sent to MLflow, and prints mean +- std
+over seeds, next to the majority-class and TF-IDF + logistic-regression references (fitted on the
+same splits).
 
     python bench/ablation.py queue [--seeds 42 43 44] [--rows final] && dvc queue start -j 1
     python bench/ablation.py report [--rev <baseline commit> ...]  # -> bench/results/ablation.{json,md}, plots/ablation/
