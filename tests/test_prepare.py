@@ -1,4 +1,4 @@
-"""Tests for stages/prepare.py: cleaning, dedupe, leak removal, stratified splits, input errors, run()."""
+"""Tests for stages/prepare.py and stages/sources.py (its readers): cleaning, dedupe, leak removal, stratified splits, input errors, run()."""
 
 import csv
 import dataclasses
@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from stages import prepare
+from stages import sources
 from stages.common import PARAMS_FILE, ParamsError, parse_params, read_jsonl, read_params
 from stages.prepare import (
     SPLITS,
@@ -20,15 +20,12 @@ from stages.prepare import (
     dedupe,
     drop_leaks,
     encode_sources,
-    load_bbcnews,
-    load_drugreview,
-    load_source,
     make_splits,
-    read_table,
     run,
     stratified_split,
     text_hash,
 )
+from stages.sources import load_bbcnews, load_drugreview, load_source, read_table
 
 
 def data_params(**overrides) -> DataParams:
@@ -304,7 +301,7 @@ def test_run_on_jsonl_with_test_file_keeps_test_and_drops_leaks(tmp_path):
 
 
 def test_csv_is_read_in_chunks_numbering_rows_across_them(tmp_path, monkeypatch):
-    monkeypatch.setattr(prepare, "CHUNK_ROWS", 2)
+    monkeypatch.setattr(sources, "CHUNK_ROWS", 2)
     rows = [[f"t{i}", "x"] for i in range(5)]
     path = write_csv(tmp_path / "d.csv", ["text", "label"], rows)
     assert [r["id"] for r in read_table(path, "text", "label", "train")] == [f"train-{i:06d}" for i in range(5)]
@@ -317,8 +314,8 @@ def test_outputs_do_not_depend_on_the_chunk_size(tmp_path, monkeypatch):
     rows = [[f"review {i % 50} &amp; more", "abc"[i % 3]] for i in range(90)]  # 40 repeats
     path = write_csv(tmp_path / "mine.csv", ["text", "label"], rows)
     outputs = []
-    for chunk_rows in (prepare.CHUNK_ROWS, 7):
-        monkeypatch.setattr(prepare, "CHUNK_ROWS", chunk_rows)
+    for chunk_rows in (sources.CHUNK_ROWS, 7):
+        monkeypatch.setattr(sources, "CHUNK_ROWS", chunk_rows)  # both passes: the CSV reader and encode
         out = tmp_path / f"chunks{chunk_rows}"
         run(data_params(source=str(path)), 42, out / "prepare", out / "prepare.json", raw_dir=tmp_path)
         outputs.append({p.name: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()})
