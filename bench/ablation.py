@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.record import git  # noqa: E402
+from bench.references import flatten_test, references  # noqa: E402
 from stages.common import ROOT, save_png, workspace_root, write_text  # noqa: E402
 from tools.grid import Run, cell, exp_show, mean_std, runs_from_exp_show  # noqa: E402
 
@@ -103,42 +104,6 @@ def train_times() -> dict[str, float]:
             for r in runs if "runtime.train.wall_time_s" in r.data.metrics}
 
 
-def references(seeds: list[int]) -> list[tuple[str, dict[str, list[float]]]]:
-    """Majority class and TF-IDF + balanced logistic regression on each seed's prepare splits."""
-    import numpy as np
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-
-    from stages.common import load_section, read_jsonl
-    from stages.evaluate import classification_metrics
-    from stages.prepare import DataParams, run as prepare
-
-    scores: dict[str, dict[str, list[float]]] = {"majority class": {}, "TF-IDF + LR (balanced)": {}}
-    for seed in seeds:
-        out = ROOT / f".cache/bench/prepare-s{seed}"
-        prepare(load_section(DataParams, "data"), seed, out_dir=out, metrics_path=out / "metrics.json")
-        train, test = read_jsonl(out / "train.jsonl"), read_jsonl(out / "test.jsonl")
-        labels = sorted({r["label"] for r in train})
-        y_train = np.array([labels.index(r["label"]) for r in train])
-        y_test = np.array([labels.index(r["label"]) for r in test])
-        majority = np.zeros((len(test), len(labels)))
-        majority[:, np.bincount(y_train).argmax()] = 1.0
-        vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
-        clf = LogisticRegression(class_weight="balanced", max_iter=2000, random_state=seed)
-        clf.fit(vec.fit_transform([r["text"] for r in train]), y_train)
-        tfidf = clf.predict_proba(vec.transform([r["text"] for r in test]))
-        for name, probs in (("majority class", majority), ("TF-IDF + LR (balanced)", tfidf)):
-            m = classification_metrics(np.clip(probs, 1e-12, 1), y_test, labels, 10)
-            for key, value in flatten_test(m).items():
-                scores[name].setdefault(key, []).append(value)
-    return list(scores.items())
-
-
-def flatten_test(metrics: dict) -> dict[str, float]:
-    return {"macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"],
-            "neutral_f1": metrics["per_class"].get("neutral", {}).get("f1", float("nan")), "ece": metrics["ece"]}
-
-
 def kept_val_f1(shown: list[dict]) -> dict[str, float]:
     """Experiment name -> validation macro-F1 of the model `train` kept: what a choice may look at."""
     out: dict[str, float] = {}
@@ -178,38 +143,57 @@ def summary(values: list[float]) -> dict:
     return {"mean": mean, "std": std if len(values) > 1 else 0.0, "values": values}
 
 
-def paired_vs(members: list[Run], previous: list[Run]) -> dict | None:
-    """Per-seed test macro-F1 difference from the row above, on the seeds both rows ran. The test split is
-    the same for every seed, so this is the spread over training seeds only (plain SE: no split-overlap
-    correction applies to a fixed test set; it does not cover the sampling of the 379 test reviews)."""
+def paired_vs(scores: dict[int, float], before: dict[int, float]) -> dict | None:
+    """Per-seed test macro-F1 difference (seed -> score) from the row above, on the seeds both rows ran. The
+    test split is the same for every seed, so this is the spread over training seeds only (plain SE: no
+    split-overlap correction applies to a fixed test set; it does not cover the sampling of the 379 test reviews)."""
     from bench.stats import paired
 
-    before = {seed_of(m): m.metrics["macro_f1"] for m in previous}
-    diffs = [m.metrics["macro_f1"] - before[seed_of(m)] for m in members if seed_of(m) in before]
+    diffs = [score - before[seed] for seed, score in scores.items() if seed in before]
     return paired(diffs) if len(diffs) > 1 else None
 
 
-def results(found: dict[str, list[Run]], times: dict[str, float], vals: dict[str, float], refs, revs) -> dict:
+def earlier_rows(path: Path = RESULTS) -> list[dict]:
+    """The rows of a committed results file, each with the baseline commits its experiments ran from."""
+    if not path.exists():
+        return []
+    res = json.loads(path.read_text())
+    return [{**row, "baselines": row.get("baselines", res["baselines"])} for row in res["rows"]]
+
+
+def results(found: dict[str, list[Run]], times: dict[str, float], vals: dict[str, float], refs, revs,
+            kept: list[dict] | None = None) -> dict:
     """What the report found, as the results file bench/results/ablation.json holds it. A STEPS row is
-    compared with the nearest STEPS row above it that ran; a WITHOUT row with `final`."""
-    out, previous, without = [], None, {name for name, _, _ in WITHOUT}
+    compared with the nearest STEPS row above it that ran; a WITHOUT row with `final`. `kept` (`report
+    --keep`): rows of the results file before that none of these experiments re-ran, carried over as
+    recorded (with the baselines their experiments ran from) and paired with as the row above."""
+    here = [git("rev-parse", rev) for rev in revs or ["HEAD"]]
+    earlier = {row["name"]: row for row in kept or []}
+    out, previous, without, scores = [], None, {name for name, _, _ in WITHOUT}, {}
     for name, label, overrides in rows():
         members = sorted(found.get(name, []), key=seed_of)
         if members:
+            scores[name] = {seed_of(m): m.metrics["macro_f1"] for m in members}
             base_name = "final" if name in without else previous
-            base = found.get(base_name) if base_name else None
-            out.append({"name": name, "label": label, "overrides": overrides,
+            base = scores.get(base_name) if base_name else None
+            out.append({"name": name, "label": label, "overrides": overrides, "baselines": here,
                         "seeds": [seed_of(m) for m in members], "experiments": [m.name for m in members],
                         "test": {k: summary([flatten_test(m.metrics)[k] for m in members]) for k, _ in COLUMNS},
                         "val_macro_f1": summary([vals[m.name] for m in members if m.name in vals]),
                         "train_wall_s": summary([times[m.name] for m in members if m.name in times]),
                         "vs_row": base_name if base else None,
-                        "vs_previous": paired_vs(members, base) if base else None})
-            if name not in without:
-                previous = name
+                        "vs_previous": paired_vs(scores[name], base) if base else None})
+        elif name in earlier:
+            out.append(earlier[name])
+            scores[name] = dict(zip(earlier[name]["seeds"], earlier[name]["test"]["macro_f1"]["values"]))
+        else:
+            continue
+        if name not in without:
+            previous = name
     return {"date": time.strftime("%Y-%m-%d"), "commit": git("rev-parse", "HEAD"),
-            "baselines": [git("rev-parse", rev) for rev in revs or ["HEAD"]],
-            "command": " ".join(["python bench/ablation.py report", *(["--rev", *revs] if revs else [])]),
+            "baselines": list(dict.fromkeys(b for row in out for b in row["baselines"])) or here,
+            "command": " ".join(["python bench/ablation.py report", *(["--rev", *revs] if revs else []),
+                                 *(["--keep"] if kept else [])]),
             "device": "cpu (2 cores)", "seeds": sorted({s for row in out for s in row["seeds"]}), "rows": out,
             "references": [{"name": n, "test": {k: summary(v[k]) for k, _ in COLUMNS}} for n, v in refs]}
 
@@ -243,19 +227,18 @@ def save(res: dict) -> None:
         write_text(path, text)
 
 
-def figure(found: dict[str, list[Run]], refs, path: Path) -> None:
+def figure(res: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r} (ref)" for r, _ in refs] + [label for name, label, _ in rows() if found.get(name)]
-    stats = [mean_std(v["macro_f1"]) for _, v in refs]
-    stats += [mean_std([m.metrics["macro_f1"] for m in found[name]]) for name, _, _ in rows() if found.get(name)]
+    labels = [f"{r['name']} (ref)" for r in res["references"]] + [row["label"] for row in res["rows"]]
+    stats = [(r["test"]["macro_f1"]["mean"], r["test"]["macro_f1"]["std"]) for r in res["references"] + res["rows"]]
     fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * len(labels)), dpi=100)
     ys = range(len(labels))[::-1]
     ax.barh(list(ys), [s[0] for s in stats], xerr=[s[1] for s in stats], capsize=3,
-            color=["0.6"] * len(refs) + ["tab:blue"] * (len(labels) - len(refs)))
+            color=["0.6"] * len(res["references"]) + ["tab:blue"] * len(res["rows"]))
     for y, (mean, std) in zip(ys, stats):
         ax.text(mean + std + 0.015, y, f"{mean:.3f}", va="center", fontsize=8)  # clear of the error bar
     ax.set_yticks(list(ys), labels, fontsize=8)
@@ -263,16 +246,18 @@ def figure(found: dict[str, list[Run]], refs, path: Path) -> None:
     save_png(fig, path)
 
 
-def report(revs: list[str]) -> str:
-    """Results of the `abl-*` experiments of the baseline commits `revs` (default HEAD), written to
-    bench/results/ablation.{json,md}; returns the table."""
+def report(revs: list[str], keep: bool = False) -> str:
+    """Results of the `abl-*` experiments of the baseline commits `revs` (default HEAD), with the rows of
+    the committed results file they did not re-run when `keep`, written to bench/results/ablation.{json,md}
+    and plots/ablation/; returns the table."""
     shown = [exp_show(ROOT, rev) for rev in revs or [None]]
     runs = [run for rows_of_rev in shown for run in runs_from_exp_show(rows_of_rev, dedupe=False)]
-    found = group_rows(runs)
-    seeds = sorted({seed_of(r) for group in found.values() for r in group}) or [42]
-    refs = references(seeds)
-    figure(found, refs, ROOT / "plots/ablation/macro_f1.png")
-    res = results(found, train_times(), {k: v for one in shown for k, v in kept_val_f1(one).items()}, refs, revs)
+    found, kept = group_rows(runs), earlier_rows() if keep else None
+    seeds = sorted({seed_of(r) for group in found.values() for r in group}
+                   | {s for row in kept or [] for s in row["seeds"]}) or [42]
+    res = results(found, train_times(), {k: v for one in shown for k, v in kept_val_f1(one).items()},
+                  references(seeds), revs, kept)
+    figure(res, ROOT / "plots/ablation/macro_f1.png")
     save(res)
     return table(res)
 
@@ -285,11 +270,13 @@ def main() -> None:
     q.add_argument("--rows", nargs="+", help="only these rows (default: all)", choices=[n for n, _, _ in rows()])
     r = sub.add_parser("report", help="table (stdout) and figure of the finished rows")
     r.add_argument("--rev", nargs="+", default=[], help="baseline commit(s) of the experiments (default: HEAD)")
+    r.add_argument("--keep", action="store_true",
+                   help="carry over the committed results file's rows these experiments did not re-run")
     args = parser.parse_args()
     if args.command == "queue":
         queue(args.seeds, args.rows)
     else:
-        print(report(args.rev), end="")
+        print(report(args.rev, args.keep), end="")
 
 
 if __name__ == "__main__":

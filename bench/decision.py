@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.encoder import mean_std  # noqa: E402
 from bench.record import start, write  # noqa: E402
-from bench.stats import paired  # noqa: E402
+from bench.stats import paired, split_sizes  # noqa: E402
 from stages.evaluate import cross_validated_bias_macro_f1, macro_f1_with_bias  # noqa: E402
 
 HALF_WIDTH = 2.0  # params.yaml's evaluate.bias_search, under which the runs' bias_tuned rows were made
@@ -70,7 +70,7 @@ def table(rows: list[dict]) -> str:
         r = [x for x in rows if x["profile"] == profile]
         diffs = [x["bias_cv_macro_f1"] - x["argmax_macro_f1"] for x in r]
         k, sizes = r[0]["folds"], next((x for x in r if x["n_train"]), None)
-        n_train, n_test = (k - 1, 1) if k > 1 else (sizes["n_train"], sizes["n_val"]) if sizes else (None, None)
+        n_train, n_test = split_sizes(k, sizes["n_train"], sizes["n_val"]) if sizes or k > 1 else (None, None)
         delta = ""
         if len(r) > 1:
             p = paired(diffs, n_train, n_test)

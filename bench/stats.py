@@ -38,3 +38,11 @@ def paired(diffs: Sequence[float], n_train: int | None = None, n_test: int | Non
     # sqrt((1/J + r) * s^2) = (s / sqrt(J)) * sqrt(1 + J r): exactly `se` when r = 0
     return {"mean": mean, "se": se, "se_corrected": se * math.sqrt(1 + len(diffs) * ratio),
             "n": len(diffs), "better": sum(d > 0 for d in diffs)}
+
+
+def split_sizes(folds: int, n_train: int | None, n_val: int | None) -> tuple[int | None, int | None]:
+    """(n_train, n_test) of one fit for `paired`'s correction: K fold fits train on K - 1 folds and hold
+    out one (n_test / n_train = 1 / (K - 1)); a single split trains on n_train rows and holds out n_val."""
+    if folds < 1:
+        raise ValueError(f"folds must be >= 1, got {folds}")
+    return (folds - 1, 1) if folds > 1 else (n_train, n_val)

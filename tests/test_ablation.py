@@ -1,6 +1,6 @@
 """bench/ablation.py: the rows it queues and what its report reads."""
 
-from bench.ablation import REMEDIES, WITHOUT, group_rows, kept_val_f1, results, rows, table
+from bench.ablation import REMEDIES, WITHOUT, earlier_rows, group_rows, kept_val_f1, results, rows, table
 from stages.common import read_params
 from tools.grid import Run
 
@@ -90,3 +90,27 @@ def test_results_file_pairs_each_row_with_the_row_above_on_shared_seeds_and_rend
     lines = table(res).splitlines()
     assert lines[2].startswith("| TF-IDF + LR (balanced) (reference) | 2 | — | 0.490 ± 0.014 |")
     assert "| +0.040 ± 0.020 (better on 2/2) | 100 |" in lines[4]
+
+
+def test_kept_rows_carry_over_pair_with_new_rows_and_are_replaced_by_a_rerun(tmp_path):
+    # an earlier report (baseline commit "a" * 40): the default and no-swa on seeds 42, 43
+    earlier = results(group_rows([run("abl-final-s42", 0.60), run("abl-final-s43", 0.62),
+                                  run("abl-no-swa-s42", 0.55), run("abl-no-swa-s43", 0.61)]), {}, {}, [], [])
+    earlier["baselines"] = ["a" * 40]
+    for row in earlier["rows"]:
+        del row["baselines"]  # files from before rows recorded their own baselines
+    path = tmp_path / "ablation.json"
+    path.write_text(__import__("json").dumps(earlier))
+    kept = earlier_rows(path)
+    assert [r["baselines"] for r in kept] == [["a" * 40]] * 2
+    # new experiments (this commit): no-weights, paired with the kept default; and no-swa re-run
+    res = results(group_rows([run("abl-no-weights-s42", 0.50), run("abl-no-weights-s43", 0.66),
+                              run("abl-no-swa-s42", 0.40), run("abl-no-swa-s43", 0.40)]), {}, {}, [], [], kept)
+    by = {r["name"]: r for r in res["rows"]}
+    assert list(by) == ["final", "no-swa", "no-weights"]
+    assert by["final"] == kept[0]  # carried over as recorded
+    assert by["no-swa"]["test"]["macro_f1"]["values"] == [0.40, 0.40]  # the re-run, not the kept row
+    vs = by["no-weights"]["vs_previous"]  # -0.10 and +0.04 against the kept default's seeds
+    assert by["no-weights"]["vs_row"] == "final" and abs(vs["mean"] - -0.03) < 1e-12 and vs["better"] == 1
+    assert res["baselines"][0] == "a" * 40 and len(res["baselines"]) == 2 and res["command"].endswith("--keep")
+    assert earlier_rows(tmp_path / "missing.json") == []

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from bench.stats import paired
+from bench.stats import paired, split_sizes
 
 
 def test_paired_matches_a_hand_computation():
@@ -39,3 +39,13 @@ def test_paired_rejects_too_few_splits_and_half_given_sizes():
         paired([0.1, 0.2], n_train=500)
     with pytest.raises(ValueError, match="positive"):
         paired([0.1, 0.2], n_train=0, n_test=90)
+
+
+def test_split_sizes_of_k_fold_fits_and_of_a_single_split():
+    # K fold fits: each trains on K - 1 folds and holds out one, whatever the rows
+    assert split_sizes(3, 509, 90) == (2, 1)
+    assert split_sizes(5, None, None) == (4, 1)
+    # one split: its own sizes
+    assert split_sizes(1, 509, 90) == (509, 90)
+    with pytest.raises(ValueError, match="folds must be >= 1"):
+        split_sizes(0, 509, 90)
