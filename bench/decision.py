@@ -27,7 +27,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.encoder import mean_std  # noqa: E402
+from bench.profile_tables import mean_std  # noqa: E402
 from bench.record import start, write  # noqa: E402
 from bench.stats import paired, split_sizes  # noqa: E402
 from stages.evaluate import cross_validated_bias_macro_f1, macro_f1_with_bias  # noqa: E402

@@ -23,7 +23,6 @@ import argparse
 import datetime
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.stats import paired, split_sizes  # noqa: E402
+from bench.profile_tables import table  # noqa: E402
 
 RESULTS_DIR = ROOT / "bench/results"
 # The defaults are mpnet with 8 frozen layers under this short schedule (params.yaml). Every profile that is
@@ -181,108 +180,6 @@ def save(rows: list[dict], results: Path) -> None:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(path)
-
-
-def mean_std(values: list[float | None]) -> str:
-    """mean ± std of the values given ("—" when a metric does not apply, e.g. neutral F1 on other data)."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return "—"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
-
-
-def table(rows: list[dict], crossfit: bool | None = None, baseline: str = "default") -> str:
-    """One line per profile: mean ± std over its distinct seeds (a repeated seed counts once: the last run).
-    The cross-fit table (held-out scores, every fit's epochs, test paired with `baseline`) when `crossfit`;
-    None: when every row has them."""
-    by_profile: dict[str, dict[int, dict]] = {}
-    for row in rows:
-        by_profile.setdefault(row["profile"], {})[row["seed"]] = row
-    if crossfit or (crossfit is None and all("heldout" in r for r in rows)):
-        return crossfit_table(by_profile, baseline)
-    lines = ["| profile | seeds | val macro-F1 | Δ val macro-F1 vs full fine-tuning (paired, corrected SE) "
-             "| test macro-F1 | neutral F1 | ECE | `dvc repro` min, fastest / mean | peak GiB |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for profile, seeds in by_profile.items():
-        r = list(seeds.values())
-        walls = [x["wall_s"] / 60 for x in r]  # the runs the scores come from (a re-run replaces its seed's)
-        col = lambda key: mean_std([x[key] for x in r])  # noqa: E731
-        baseline = FULL_FINE_TUNING.get(profile.split("-")[0], profile)  # a lever's: its encoder fully fine-tuned
-        full = by_profile.get(baseline, {}) if baseline != profile else {}
-        lines.append(f"| {profile} | {','.join(map(str, sorted(seeds)))} | {col('val_macro_f1')} | "
-                     f"{vs_full_fine_tuning(seeds, full)} | "
-                     f"{col('test_macro_f1')} | {col('test_neutral_f1')} | {col('test_ece')} | "
-                     f"{min(walls):.1f} / {statistics.mean(walls):.1f} | {max(x['peak_mib'] for x in r) / 1024:.1f} |")
-    return "\n".join(lines)
-
-
-# The full fine-tuning each lever profile ("<encoder>-<lever>": freezing, grouping) is compared with.
-# mpnet-first-epoch: the freeze rows predate train.patience_from, so they ran under that rule too.
-FULL_FINE_TUNING = {"mpnet": "mpnet-first-epoch", "minilm": "minilm"}
-
-
-def vs_full_fine_tuning(seeds: dict[int, dict], full: dict[int, dict]) -> str:
-    """Paired validation macro-F1 difference against full fine-tuning of the same encoder on the seeds
-    both ran: mean ± the Nadeau-Bengio corrected SE (each seed validates on its own, overlapping
-    split; the sizes of one split, from the first row that records them), and on how many seeds it was
-    higher. Without recorded sizes there is nothing to correct with: no cell."""
-    shared = sorted(set(seeds) & set(full))
-    sizes = next((r for r in [*full.values(), *seeds.values()] if "n_train" in r), None)
-    if len(shared) < 2 or sizes is None:
-        return ""
-    p = paired([seeds[s]["val_macro_f1"] - full[s]["val_macro_f1"] for s in shared], sizes["n_train"], sizes["n_val"])
-    return f"{p['mean']:+.3f} ± {p['se_corrected']:.3f} ({p['better']}/{p['n']})"
-
-
-def vs_default(seeds: dict[int, dict], default: dict[int, dict]) -> str:
-    """Paired test macro-F1 difference against the `default` profile on the seeds both ran: mean ± SE
-    (plain: the test split is the same for every seed), and on how many seeds it was higher."""
-    shared = sorted(set(seeds) & set(default))
-    if len(shared) < 2:
-        return ""
-    p = paired([seeds[s]["test_macro_f1"] - default[s]["test_macro_f1"] for s in shared])
-    return f"{p['mean']:+.3f} ± {p['se']:.3f} ({p['better']}/{p['n']})"
-
-
-# A profile whose held-out rows are another profile's (the same folds or validation split for every seed), so
-# the two compare on them paired: this is the selection signal (the test split is read only for the report).
-HELDOUT_PAIR = {"folds3-noswa": "folds3", "folds3-nobacktrans": "folds3", "folds5": "folds3",
-                "patience-swa-start": "default"}
-
-
-def vs_heldout_pair(seeds: dict[int, dict], pair: dict[int, dict]) -> str:
-    """Paired held-out macro-F1 difference against `pair` on the seeds both ran: mean ± the Nadeau-Bengio
-    corrected SE (n_test / n_train of one fit: 1 / (K - 1) for K folds, else val / train; each seed's
-    split overlaps the others'), on how many seeds it was higher, and the mean held-out CE difference."""
-    shared = sorted(set(seeds) & set(pair))
-    if len(shared) < 2:
-        return ""
-    first = seeds[shared[0]]
-    k = len(first["kept"]) if first["heldout"] == "out-of-fold" else 1
-    n_train, n_test = split_sizes(k, first.get("n_train"), first.get("n_val"))
-    p = paired([seeds[s]["val_macro_f1"] - pair[s]["val_macro_f1"] for s in shared], n_train, n_test)
-    ce = statistics.mean(seeds[s]["val_ce_loss"] - pair[s]["val_ce_loss"] for s in shared)
-    return f"{p['mean']:+.3f} ± {p['se_corrected']:.3f} ({p['better']}/{p['n']}); {ce:+.3f}"
-
-
-def crossfit_table(by_profile: dict[str, dict[int, dict]], baseline: str = "default") -> str:
-    """The table of runs that record their held-out scores (validation or out-of-fold) and every fit's epochs."""
-    lines = ["| profile | seeds | held out (rows) | held-out macro-F1 | Δ held-out vs the same held-out rows' profile: "
-             "macro-F1 (paired, corrected SE, higher on); CE | test macro-F1 | Δ test macro-F1 vs default "
-             "(paired, higher on) | test, bias tuned | test accuracy | neutral F1 | ECE | epochs run / SWA snapshots "
-             "(per fit) | `dvc repro` min, mean |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for profile, seeds in by_profile.items():
-        r = [seeds[s] for s in sorted(seeds)]
-        col = lambda key: mean_std([x[key] for x in r])  # noqa: E731
-        fits = "; ".join(f"{'/'.join(map(str, x['epochs_run']))} : {'/'.join(map(str, x['snapshots']))}" for x in r)
-        lines.append(f"| {profile} | {','.join(map(str, sorted(seeds)))} | {r[0]['heldout']} ({r[0]['heldout_rows']}) "
-                     f"| {col('val_macro_f1')} | {vs_heldout_pair(seeds, by_profile.get(HELDOUT_PAIR.get(profile, ''), {}))} | "
-                     f"{col('test_macro_f1')} | "
-                     f"{vs_default(seeds, by_profile[baseline]) if profile != baseline and baseline in by_profile else ''}"
-                     f" | {col('test_bias_tuned_macro_f1')} | "
-                     f"{col('test_accuracy')} | {col('test_neutral_f1')} | {col('test_ece')} | {fits} | "
-                     f"{statistics.mean(x['wall_s'] for x in r) / 60:.1f} |")
-    return "\n".join(lines)
 
 
 def main() -> None:

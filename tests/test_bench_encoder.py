@@ -1,4 +1,4 @@
-"""bench/encoder.py: the profile tables, from result rows (no pipeline runs)."""
+"""bench/encoder.py and bench/profile_tables.py: the profile tables, from result rows (no pipeline runs)."""
 
 import sys
 from pathlib import Path
@@ -6,6 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import encoder  # noqa: E402
+from bench.profile_tables import table  # noqa: E402
 
 
 def _row(profile, seed, f1, **extra):
@@ -16,7 +17,7 @@ def _row(profile, seed, f1, **extra):
 
 def test_crossfit_table_counts_a_repeated_seed_once_and_lists_every_fit():
     rows = [_row("folds2", 42, 0.9), _row("folds2", 42, 0.5), _row("folds2", 43, 0.7)]  # seed 42 re-run: the last counts
-    lines = encoder.table(rows).splitlines()
+    lines = table(rows).splitlines()
     assert len(lines) == 3 and lines[0].startswith("| profile | seeds | held out (rows) |")
     cells = [c.strip() for c in lines[2].split("|")[1:-1]]
     assert cells[:6] == ["folds2", "42,43", "out-of-fold (599)", "0.600 ± 0.141", "", "0.500 ± 0.141"]
@@ -30,17 +31,17 @@ def test_a_profile_on_the_same_folds_is_paired_on_held_out_scores_with_the_k_fol
     rows = [row("folds3", s, f1, 0.6) for s, f1 in ((42, 0.58), (43, 0.55), (44, 0.60))]
     rows += [row("folds3-noswa", s, f1, ce) for s, f1, ce in ((42, 0.60, 0.55), (43, 0.56, 0.57), (44, 0.63, 0.59))]
     rows += [row("folds3-noswa", 45, 0.9, 0.1)]  # a seed folds3 never ran: not paired
-    cells = [c.strip() for c in encoder.table(rows).splitlines()[3].split("|")[1:-1]]
+    cells = [c.strip() for c in table(rows).splitlines()[3].split("|")[1:-1]]
     # differences 0.02, 0.01, 0.03: std 0.01; 3 folds => n_test / n_train = 1/2, SE x sqrt(1 + 3/2)
     se = 0.01 / 3 ** 0.5 * (1 + 3 / 2) ** 0.5
     assert cells[4] == f"+0.020 ± {se:.3f} (3/3); -0.030"
-    assert [c.strip() for c in encoder.table(rows).splitlines()[2].split("|")[1:-1]][4] == ""  # folds3: no pair
+    assert [c.strip() for c in table(rows).splitlines()[2].split("|")[1:-1]][4] == ""  # folds3: no pair
 
 
 def test_rows_without_held_out_scores_keep_the_encoder_table():
     row = {"profile": "minilm", "seed": 42, "val_macro_f1": 0.5, "test_macro_f1": 0.4, "test_neutral_f1": 0.1,
            "test_ece": 0.06, "wall_s": 600.0, "peak_mib": 2048}
-    assert encoder.table([row]).splitlines()[2] == "| minilm | 42 | 0.500 |  | 0.400 | 0.100 | 0.060 | 10.0 / 10.0 | 2.0 |"
+    assert table([row]).splitlines()[2] == "| minilm | 42 | 0.500 |  | 0.400 | 0.100 | 0.060 | 10.0 / 10.0 | 2.0 |"
 
 
 def test_a_frozen_profile_is_paired_with_full_fine_tuning_of_its_encoder_with_the_corrected_se():
@@ -52,7 +53,7 @@ def test_a_frozen_profile_is_paired_with_full_fine_tuning_of_its_encoder_with_th
     del rows[0]["n_train"], rows[0]["n_val"]  # a row from before they were recorded: the others' sizes serve
     rows += [row("mpnet-freeze11-short", s, v) for s, v in ((42, 0.48), (43, 0.62), (44, 0.66))]
     rows += [row("minilm-freeze4", s, v) for s, v in ((42, 0.4), (43, 0.5))]  # no minilm rows: nothing to pair
-    cells = [[c.strip() for c in line.split("|")[1:-1]][3] for line in encoder.table(rows).splitlines()[2:]]
+    cells = [[c.strip() for c in line.split("|")[1:-1]][3] for line in table(rows).splitlines()[2:]]
     # diffs -0.02, +0.02, -0.04: s = 0.03055, s / sqrt(3) = 0.01764, x sqrt(1 + 3 x 90 / 509) = 0.02182
     assert cells == ["", "-0.013 ± 0.022 (1/3)", ""]
 
@@ -60,9 +61,9 @@ def test_a_frozen_profile_is_paired_with_full_fine_tuning_of_its_encoder_with_th
 def test_a_profile_is_paired_with_the_default_on_shared_seeds_only():
     rows = [_row("default", s, f) for s, f in ((42, 0.5), (43, 0.6), (44, 0.7))]
     rows += [_row("folds2", s, f) for s, f in ((42, 0.55), (43, 0.58), (45, 0.9))]  # 45: no default to pair with
-    line = encoder.table(rows).splitlines()[3]
+    line = table(rows).splitlines()[3]
     assert [c.strip() for c in line.split("|")[1:-1]][6] == "+0.015 ± 0.035 (1/2)"
-    assert [c.strip() for c in encoder.table(rows).splitlines()[2].split("|")[1:-1]][6] == ""
+    assert [c.strip() for c in table(rows).splitlines()[2].split("|")[1:-1]][6] == ""
 
 
 def test_the_encoder_table_borrows_the_minilm_default_from_the_crossfit_results(tmp_path):
@@ -105,7 +106,7 @@ def test_a_results_file_of_other_data_pairs_with_its_own_default(tmp_path):
 
 def test_a_metric_the_data_has_no_class_for_shows_a_dash():
     rows = [_row("bbcnews", s, 0.9, test_neutral_f1=None) for s in (42, 43)]
-    cells = [c.strip() for c in encoder.table(rows).splitlines()[2].split("|")[1:-1]]
+    cells = [c.strip() for c in table(rows).splitlines()[2].split("|")[1:-1]]
     assert cells[9] == "—" and cells[5] == "0.800 ± 0.000"
 
 
