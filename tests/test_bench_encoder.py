@@ -15,13 +15,25 @@ def _row(profile, seed, f1, **extra):
             "test_ece": 0.05, "epochs_run": [6, 7], "snapshots": [3, 4], "wall_s": 600.0, **extra}
 
 
+def _cells(line):
+    return [c.strip() for c in line.split("|")[1:-1]]
+
+
+def _tables(rows):
+    """The cross-fit output's two tables (held-out, then test), each as its lines."""
+    select, caption, test = table(rows).split("\n\n")
+    assert caption.startswith("On the test split")
+    return select.splitlines(), test.splitlines()
+
+
 def test_crossfit_table_counts_a_repeated_seed_once_and_lists_every_fit():
     rows = [_row("folds2", 42, 0.9), _row("folds2", 42, 0.5), _row("folds2", 43, 0.7)]  # seed 42 re-run: the last counts
-    lines = table(rows).splitlines()
-    assert len(lines) == 3 and lines[0].startswith("| profile | seeds | held out (rows) |")
-    cells = [c.strip() for c in lines[2].split("|")[1:-1]]
-    assert cells[:6] == ["folds2", "42,43", "out-of-fold (599)", "0.600 ± 0.141", "", "0.500 ± 0.141"]
-    assert cells[-2:] == ["6/7 : 3/4; 6/7 : 3/4", "10.0"]
+    select, test = _tables(rows)
+    assert len(select) == len(test) == 3 and select[0].startswith("| profile | seeds | held out (rows) |")
+    assert _cells(select[2]) == ["folds2", "42,43", "out-of-fold (599)", "0.600 ± 0.141", "",
+                                 "6/7 : 3/4; 6/7 : 3/4", "10.0"]
+    assert test[0].startswith("| profile | seeds | test macro-F1 |") and "held-out" not in test[0]
+    assert _cells(test[2])[:3] == ["folds2", "42,43", "0.500 ± 0.141"]
 
 
 def test_a_profile_on_the_same_folds_is_paired_on_held_out_scores_with_the_k_fold_correction():
@@ -31,11 +43,12 @@ def test_a_profile_on_the_same_folds_is_paired_on_held_out_scores_with_the_k_fol
     rows = [row("folds3", s, f1, 0.6) for s, f1 in ((42, 0.58), (43, 0.55), (44, 0.60))]
     rows += [row("folds3-noswa", s, f1, ce) for s, f1, ce in ((42, 0.60, 0.55), (43, 0.56, 0.57), (44, 0.63, 0.59))]
     rows += [row("folds3-noswa", 45, 0.9, 0.1)]  # a seed folds3 never ran: not paired
-    cells = [c.strip() for c in table(rows).splitlines()[3].split("|")[1:-1]]
+    select, _ = _tables(rows)
+    cells = _cells(select[3])
     # differences 0.02, 0.01, 0.03: std 0.01; 3 folds => n_test / n_train = 1/2, SE x sqrt(1 + 3/2)
     se = 0.01 / 3 ** 0.5 * (1 + 3 / 2) ** 0.5
     assert cells[4] == f"+0.020 ± {se:.3f} (3/3); -0.030"
-    assert [c.strip() for c in table(rows).splitlines()[2].split("|")[1:-1]][4] == ""  # folds3: no pair
+    assert _cells(select[2])[4] == ""  # folds3: no pair
 
 
 def test_rows_without_held_out_scores_keep_the_encoder_table():
@@ -61,9 +74,9 @@ def test_a_frozen_profile_is_paired_with_full_fine_tuning_of_its_encoder_with_th
 def test_a_profile_is_paired_with_the_default_on_shared_seeds_only():
     rows = [_row("default", s, f) for s, f in ((42, 0.5), (43, 0.6), (44, 0.7))]
     rows += [_row("folds2", s, f) for s, f in ((42, 0.55), (43, 0.58), (45, 0.9))]  # 45: no default to pair with
-    line = table(rows).splitlines()[3]
-    assert [c.strip() for c in line.split("|")[1:-1]][6] == "+0.015 ± 0.035 (1/2)"
-    assert [c.strip() for c in table(rows).splitlines()[2].split("|")[1:-1]][6] == ""
+    _, test = _tables(rows)
+    assert _cells(test[3])[3] == "+0.015 ± 0.035 (1/2)"
+    assert _cells(test[2])[3] == ""
 
 
 def test_the_encoder_table_borrows_the_minilm_default_from_the_crossfit_results(tmp_path):
@@ -100,14 +113,15 @@ def test_a_results_file_of_other_data_pairs_with_its_own_default(tmp_path):
     rows += [_row("bbcnews-first-epoch", s, f, commit="a" * 7) for s, f in ((42, 0.95), (43, 0.8))]
     rows += [_row("default", s, 0.1, commit="a" * 7) for s in (42, 43)]  # another dataset's default: not the baseline
     encoder.save(rows, tmp_path / "bbcnews.json")
-    cells = [[c.strip() for c in line.split("|")[1:-1]][6] for line in (tmp_path / "bbcnews.md").read_text().splitlines()[3:]]
-    assert cells == ["", "+0.025 ± 0.025 (1/2)", "-0.750 ± 0.050 (0/2)"]
+    test = (tmp_path / "bbcnews.md").read_text().split("\n\n")[-1].splitlines()
+    assert [_cells(line)[3] for line in test[2:]] == ["", "+0.025 ± 0.025 (1/2)", "-0.750 ± 0.050 (0/2)"]
 
 
 def test_a_metric_the_data_has_no_class_for_shows_a_dash():
     rows = [_row("bbcnews", s, 0.9, test_neutral_f1=None) for s in (42, 43)]
-    cells = [c.strip() for c in table(rows).splitlines()[2].split("|")[1:-1]]
-    assert cells[9] == "—" and cells[5] == "0.800 ± 0.000"
+    _, test = _tables(rows)
+    cells = _cells(test[2])
+    assert cells[6] == "—" and cells[2] == "0.800 ± 0.000"
 
 
 def test_profiles_other_than_the_defaults_plus_one_change_pin_what_they_need():
