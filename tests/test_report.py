@@ -1,4 +1,4 @@
-"""tools.report: real `git` + `dvc params/metrics diff` on a throwaway repo (tests/toy_dvc.py).
+"""tools.report (and tools.base_rev): real `git` + `dvc params/metrics diff` on a throwaway repo (tests/toy_dvc.py).
 
 The toy pipeline's metrics are a known function of its params, so a params change on a
 branch moves test macro-F1 (0.55 -> 0.45) and per-class F1 by known amounts.
@@ -13,6 +13,7 @@ import pytest
 from toy_dvc import commit, init_repo, set_params, sh
 
 from tools import report
+from tools.base_rev import has_commit
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_explicit_base_and_revision(branch):
 def test_shallow_clone_fetches_the_base_from_origin(branch, tmp_path):
     clone = tmp_path / "clone"
     sh(tmp_path, "git", "clone", "-q", "--depth", "1", "--branch", "gamma1", branch.as_uri(), str(clone))
-    assert not report.has_commit("origin/main", clone)  # a single-branch shallow clone
+    assert not has_commit("origin/main", clone)  # a single-branch shallow clone
     text, _ = report.report(None, None, None, root=clone)
     assert "(merge-base with origin/main)" in text and "| macro_f1 | 0.5500 | 0.4500 | -0.1000 🔻 |" in text
 
