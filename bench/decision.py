@@ -70,7 +70,7 @@ def table(rows: list[dict]) -> str:
         r = [x for x in rows if x["profile"] == profile]
         diffs = [x["bias_cv_macro_f1"] - x["argmax_macro_f1"] for x in r]
         k, sizes = r[0]["folds"], next((x for x in r if x["n_train"]), None)
-        n_train, n_test = split_sizes(k, sizes["n_train"], sizes["n_val"]) if sizes or k > 1 else (None, None)
+        n_train, n_test = split_sizes(k, (sizes or {}).get("n_train"), (sizes or {}).get("n_val"))
         delta = ""
         if len(r) > 1:
             p = paired(diffs, n_train, n_test)

@@ -70,3 +70,11 @@ def test_table_pairs_per_seed_with_the_corrected_se_of_its_split():
     assert lines[2].endswith(f"| +0.017 ± {se:.3f} (2/3) |")
     d3 = np.array([0.1, 0.0])
     assert lines[3].endswith(f"| +0.050 ± {d3.std(ddof=1) / np.sqrt(2) * np.sqrt(1 + 2 * 1 / 2):.3f} (1/2) |")
+
+
+def test_fold_rows_without_recorded_split_sizes_still_get_the_k_fold_correction():
+    rows = [{"profile": "k3", "seed": s, "folds": 3, "n_train": None, "n_val": None, "heldout": "out-of-fold",
+             "rows": 599, "argmax_macro_f1": 0.5, "bias_cv_macro_f1": b} for s, b in ((42, 0.6), (43, 0.5))]
+    d3 = np.array([0.1, 0.0])
+    line = decision.table(rows).splitlines()[2]
+    assert line.endswith(f"| +0.050 ± {d3.std(ddof=1) / np.sqrt(2) * np.sqrt(1 + 2 * 1 / 2):.3f} (1/2) |")

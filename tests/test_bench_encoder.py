@@ -66,7 +66,7 @@ def test_a_frozen_profile_is_paired_with_full_fine_tuning_of_its_encoder_with_th
     del rows[0]["n_train"], rows[0]["n_val"]  # a row from before they were recorded: the others' sizes serve
     rows += [row("mpnet-freeze11-short", s, v) for s, v in ((42, 0.48), (43, 0.62), (44, 0.66))]
     rows += [row("minilm-freeze4", s, v) for s, v in ((42, 0.4), (43, 0.5))]  # no minilm rows: nothing to pair
-    cells = [[c.strip() for c in line.split("|")[1:-1]][3] for line in table(rows).splitlines()[2:]]
+    cells = [_cells(line)[3] for line in table(rows).splitlines()[2:]]
     # diffs -0.02, +0.02, -0.04: s = 0.03055, s / sqrt(3) = 0.01764, x sqrt(1 + 3 x 90 / 509) = 0.02182
     assert cells == ["", "-0.013 ± 0.022 (1/3)", ""]
 
