@@ -43,6 +43,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).
 
 from bench import record  # noqa: E402
 from stages import augment, common, sources, translate  # noqa: E402
+from stages.text import clean_text  # noqa: E402
 
 CACHE = common.ROOT / ".cache/bench/backtranslate"
 # Realistic-ish for an opus-mt student, small enough to teach copying on 2 CPU cores in minutes.
@@ -60,7 +61,7 @@ PARAMS = augment.AugmentParams(  # params.yaml's augment values, with the local 
 def review_texts(n: int) -> list[str]:
     """The first `n` bundled drug-review training texts, cleaned as the prepare stage cleans them."""
     train, _, _ = sources.load_drugreview()
-    return [common.clean_text(r["text"]) for r in train[:n]]
+    return [clean_text(r["text"]) for r in train[:n]]
 
 
 def train_copy(model_dir: Path, sentences: list[str], steps: int, seed: int) -> float:

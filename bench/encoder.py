@@ -137,7 +137,19 @@ def run_pipeline(repo: Path, profile: str, seed: int) -> dict:
         "test_macro_f1": test["macro_f1"], "test_accuracy": test["accuracy"],
         "test_bias_tuned_macro_f1": test["bias_tuned"]["macro_f1"],
         "test_neutral_f1": test["per_class"].get("neutral", {}).get("f1"), "test_ece": test["ece"],  # None: no neutral class
+        **calibration_fields(test),
     }
+
+
+def calibration_fields(test: dict) -> dict:
+    """train.temperature_scaling as evaluate reports it (runs before it record none): the temperature, the
+    held-out rows' CE and ECE unscaled vs scaled by a T fitted on the other parts, and the test ECE without T."""
+    if "calibration" not in test:
+        return {}
+    c = test["calibration"]
+    return {"temperature": c["temperature"], "heldout_calibration": c["heldout_cross_validated"],
+            "test_ece_unscaled": c["ece_unscaled"], "test_ce_loss": test["ce_loss"],
+            "test_ce_loss_unscaled": c["ce_loss_unscaled"]}
 
 
 def load(results: Path) -> list[dict]:

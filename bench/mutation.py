@@ -2,8 +2,8 @@
 
 mutmut (settings: pyproject.toml [tool.mutmut]) copies stages/ into mutants/, makes many small edits
 ("mutants") of each function of the modules in SELECTION, and runs against each mutant the fast tests
-that reach that function (tests/test_focal_loss.py, test_alpha.py, test_evaluate.py, test_swa.py and
-the SWA tests of test_train.py). A mutant is killed when a test fails or times out, and survives when
+that reach that function (tests/test_focal_loss.py, test_alpha.py, test_calibration.py, test_evaluate.py,
+test_swa.py and the SWA tests of test_train.py). A mutant is killed when a test fails or times out, and survives when
 every test passes. Counted: every function of those modules except the CLI `main()` (it reads the
 repo's params.yaml), and only the metric functions of evaluate.py (its run(), image and CSV writers
 are I/O, checked by the stage's run() test). One worker by default: the CPU is shared.
@@ -41,8 +41,9 @@ SELECTION = {
     "stages/swa.py": None,
     "stages/alpha.py": None,
     "stages/metrics.py": None,
-    "stages/evaluate.py": ("calibration_bins", "expected_calibration_error", "classification_metrics",
-                           "biased_argmax", "macro_f1_with_bias", "tune_bias", "bias_tuned_metrics"),
+    "stages/calibration.py": None,
+    "stages/evaluate.py": ("classification_metrics", "biased_argmax", "macro_f1_with_bias", "tune_bias",
+                           "bias_tuned_metrics"),
 }
 KILLED = {"killed", "timeout", "caught by type check"}
 # (function, the mutated line as mutmut writes it) -> why no test can tell the mutant from the code

@@ -3,7 +3,7 @@
 Shared by `evaluate` (test and validation scores), the MLflow model (stages/mlflow_model.py) and
 batch predictions (tools/predict.py), so all three cut texts the same way (`model.max_length` and
 `model.truncation` from the dir's pipeline.json, as in training), batch them the same way and
-compute the same softmax: the same texts give the same probabilities from every entry point.
+compute the same softmax and temperature: the same texts give the same probabilities from every entry point.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from stages.common import clean_text, read_json, tokenize
+from stages.calibration import apply_temperature
+from stages.common import read_json
+from stages.text import clean_text, tokenize
 from stages.ordinal import order_ids, use_corn_head
 
 
 def clean_texts(texts: Iterable[Any], where: str, first_row: int = 1) -> list[str]:
-    """`texts` cleaned as prepare cleans training texts (common.clean_text), failing on the first one
+    """`texts` cleaned as prepare cleans training texts (stages/text.py), failing on the first one
     that is not a string or is blank (rows numbered from `first_row`)."""
     cleaned = []
     for n, text in enumerate(texts, first_row):
@@ -38,8 +40,9 @@ class Classifier:
     models: tuple[Any, ...]
     labels: list[str]
     max_length: int
-    truncation: str  # head | head_tail, see common.tokenize
+    truncation: str  # head | head_tail, see stages/text.py
     device: str
+    temperature: float = 1.0  # train's temperature scaling (pipeline.json; stages/calibration.py), 1: none
 
     @classmethod
     def load(cls, model_dir: Path, device: str | None = None) -> "Classifier":
@@ -65,11 +68,11 @@ class Classifier:
                 use_corn_head(model, order_ids(order, pipeline["labels"], f"{model_dir / 'pipeline.json'} loss.ordinal"))
             models.append(model.to(device).eval())
         return cls(tokenizer, tuple(models), list(pipeline["labels"]), int(pipeline["model"]["max_length"]),
-                   pipeline["model"]["truncation"], device)
+                   pipeline["model"]["truncation"], device, float(pipeline.get("temperature", 1.0)))
 
     def predict_proba(self, texts: list[str], batch_size: int, progress: str | None = None) -> np.ndarray:
         """Class probabilities (n, k): float64 softmax of fp32 logits, in the order of `texts`; the mean
-        over the models of a cross-fitted run.
+        over the models of a cross-fitted run, scaled by `temperature`.
 
         Texts of similar length share a batch (less padding, same logits: the attention mask).
         `progress`: a tqdm bar with this description, one step per batch."""
@@ -86,7 +89,7 @@ class Classifier:
                 enc = self.tokenizer.pad(enc, return_tensors="pt").to(self.device)
                 for m, model in enumerate(self.models):
                     logits[m, idx] = model(**enc).logits.float().cpu().numpy()
-        return np.mean([softmax(z) for z in logits], axis=0)
+        return apply_temperature(np.mean([softmax(z) for z in logits], axis=0), self.temperature)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Shared plumbing for the stages: paths, typed params, seeding, atomic writes, tokenization.
+"""Shared plumbing for the stages: paths, typed params, seeding, atomic writes.
 
 Every stage reads its own params section through `load_section`, which turns the
 YAML mapping into a frozen dataclass and fails on unknown or mistyped keys, so a
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import html
 import json
 import os
 import random
@@ -295,41 +294,6 @@ def workspace_root(root: Path = ROOT) -> Path:
         if parts[i : i + 3] == (".dvc", "tmp", "exps"):
             return Path(*parts[:i])
     return root
-
-
-def clean_text(text: str) -> str:
-    """Decode HTML entities (the drug reviews carry `&#039;`) and collapse whitespace runs: what prepare
-    does to every text, so what the model is trained on, and what predictions apply to new texts."""
-    return " ".join(html.unescape(text).split())
-
-
-# Head + tail truncation keeps this share of the token budget from the start of a long text and
-# the rest from its end (Sun et al. 2019, "How to Fine-Tune BERT for Text Classification?": 128
-# head + 382 tail tokens of 510 beat head-only; reviews often end with the verdict).
-HEAD_SHARE = 0.25
-
-
-def tokenize(tokenizer: Any, texts: list[str], max_length: int, truncation: str) -> dict[str, list[list[int]]]:
-    """Token ids (with special tokens, unpadded) of `texts`, at most `max_length` each.
-
-    truncation "head" keeps the beginning of a long text (the tokenizer's own truncation);
-    "head_tail" keeps its first HEAD_SHARE and its end, cut inside the special tokens.
-    """
-    if truncation == "head":
-        return dict(tokenizer(texts, truncation=True, max_length=max_length))
-    enc = dict(tokenizer(texts))
-    for n, ids in enumerate(enc["input_ids"]):
-        if len(ids) <= max_length:
-            continue
-        special = tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
-        prefix = next(i for i, s in enumerate(special) if not s)
-        suffix = next(i for i, s in enumerate(reversed(special)) if not s)
-        budget = max_length - prefix - suffix
-        head = round(budget * HEAD_SHARE)
-        keep = slice(None, prefix + head), slice(len(ids) - suffix - (budget - head), None)
-        for key, values in enc.items():
-            enc[key][n] = values[n][keep[0]] + values[n][keep[1]]
-    return enc
 
 
 def as_dict(params: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from stages import common
 class ModelParams:
     name: str
     max_length: Annotated[int, common.Range(8, why="[CLS] ... [SEP] around a few tokens of text")]
-    truncation: Literal["head", "head_tail"]  # what a text longer than max_length keeps (common.tokenize)
+    truncation: Literal["head", "head_tail"]  # what a text longer than max_length keeps (stages/text.py)
     freeze_layers: Annotated[int, common.NON_NEGATIVE]  # embeddings + this many bottom layers stay fixed
     cache_frozen: bool  # run the frozen part once per text (stages/frozen.py); false: every step
 

@@ -3,7 +3,9 @@
 Inputs:  models/train/ (HF model(s) + tokenizer + pipeline.json + heldout.json: the probabilities
          train gave the rows it held out), data/prepare/{test.jsonl,labels.json}
 Outputs: metrics/evaluate.json (accuracy, macro/weighted F1, per-class P/R/F1, ECE, CE loss of
-         argmax predictions; and `bias_tuned`: the same test scores with per-class logit biases
+         argmax predictions, all of the temperature-scaled probabilities the model gives; `calibration`:
+         train's temperature, test ECE and CE without it, and on the held-out rows the cross-validated
+         effect of scaling; and `bias_tuned`: the same test scores with per-class logit biases
          tuned for macro-F1 on the held-out rows: validation, or out-of-fold with train.folds > 1;
          a decision rule for the minority classes),
          plots/evaluate/predictions.csv (dvc confusion plot), calibration.json (reliability
@@ -16,12 +18,14 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 
+from stages.calibration import apply_temperature, calibration_bins, cross_validated_temperature, \
+    expected_calibration_error
 from stages.classifier import Classifier
 from stages.cli import cli
 from stages.common import (
@@ -58,28 +62,6 @@ def load_split(path: Path, labels: list[str]) -> tuple[list[str], list[str], np.
         if row["label"] not in index:
             raise ValueError(f"{path}: row {n} has label {row['label']!r}, not in {labels}")
     return [str(r["id"]) for r in rows], [r["text"] for r in rows], np.array([index[r["label"]] for r in rows])
-
-
-def calibration_bins(probs: np.ndarray, y: np.ndarray, n_bins: int) -> list[dict]:
-    """Reliability diagram: mean max-prob confidence, accuracy and count per non-empty bin.
-
-    Bins are equal-width over [0, 1], bin b = (b/n, (b+1)/n] (Guo et al. 2017).
-    """
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = np.searchsorted(edges[1:-1], confidence, side="left")
-    return [
-        {"confidence": float(confidence[which == b].mean()), "accuracy": float(correct[which == b].mean()),
-         "count": int((which == b).sum())}
-        for b in range(n_bins) if (which == b).any()
-    ]
-
-
-def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int) -> float:
-    """ECE = sum over bins of (bin size / n) * |bin accuracy - bin mean confidence|."""
-    bins = calibration_bins(probs, y, n_bins)
-    return float(sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in bins) / len(y))
 
 
 def classification_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str], ece_bins: int) -> dict:
@@ -170,6 +152,18 @@ def bias_tuned_metrics(val_probs: np.ndarray, val_y: np.ndarray, probs: np.ndarr
     }
 
 
+def calibration_metrics(raw: np.ndarray, y: np.ndarray, val_raw: np.ndarray, val_y: np.ndarray,
+                        temperature: float, ece_bins: int) -> dict:
+    """train's temperature (1: none), the test ECE and cross-entropy without it, and on the held-out rows
+    whether scaling helps rows it was not fitted on (calibration.cross_validated_temperature): what
+    choosing `train.temperature_scaling` may look at."""
+    from sklearn.metrics import log_loss
+
+    return {"temperature": temperature, "ece_unscaled": expected_calibration_error(raw, y, ece_bins),
+            "ce_loss_unscaled": float(log_loss(y, raw, labels=list(range(raw.shape[1])))),
+            "heldout_cross_validated": cross_validated_temperature(val_raw, val_y, ece_bins)}
+
+
 def predictions_csv(ids: list[str], y: np.ndarray, probs: np.ndarray, labels: list[str]) -> str:
     """CSV text with columns id, actual, predicted, confidence (label names, not ids)."""
     buf = io.StringIO()
@@ -219,18 +213,24 @@ def run(params: EvaluateParams, model_dir: Path = ROOT / "models/train", data_di
         raise ValueError(f"{model_dir / 'pipeline.json'} labels {pipeline['labels']} differ from "
                          f"{data_dir / 'labels.json'} {labels}: re-run the train stage on this data")
     ids, texts, y = load_split(data_dir / "test.jsonl", labels)
-    val_probs, val_y, what = heldout(model_dir, labels)
+    val_raw, val_y, what = heldout(model_dir, labels)
     print(f"evaluate: {len(texts)} test rows, {len(val_y)} {what} rows, {len(labels)} classes, model {model_dir}")
-    # Texts are cut as in training (model.max_length / model.truncation, saved in pipeline.json).
-    probs = Classifier.load(model_dir).predict_proba(texts, params.batch_size, "evaluate")
+    classifier = Classifier.load(model_dir)
+    # Texts are cut as in training (model.max_length / model.truncation, saved in pipeline.json); the
+    # probabilities before train's temperature, to report what scaling them changed.
+    raw = replace(classifier, temperature=1.0).predict_proba(texts, params.batch_size, "evaluate")
+    probs = apply_temperature(raw, classifier.temperature)
     metrics = classification_metrics(probs, y, labels, params.ece_bins)
-    metrics["bias_tuned"] = bias_tuned_metrics(val_probs, val_y, probs, y, labels, params.bias_search)
+    metrics["calibration"] = calibration_metrics(raw, y, val_raw, val_y, classifier.temperature, params.ece_bins)
+    # on the unscaled probabilities (a temperature would only rescale the bias grid), as bench/decision.py
+    metrics["bias_tuned"] = bias_tuned_metrics(val_raw, val_y, raw, y, labels, params.bias_search)
     save_confusion_png(plots_dir / "confusion.png", y, probs.argmax(axis=1), labels)
     write_text(plots_dir / "predictions.csv", predictions_csv(ids, y, probs, labels))
     write_json(plots_dir / "calibration.json", calibration_bins(probs, y, params.ece_bins))
     write_json(metrics_path, metrics)
     print(f"evaluate: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
-          f"ECE {metrics['ece']:.4f}; with validation-tuned biases {metrics['bias_tuned']['bias']}: "
+          f"ECE {metrics['ece']:.4f} (temperature {classifier.temperature:.3f}; {metrics['calibration']['ece_unscaled']:.4f} "
+          f"without); with validation-tuned biases {metrics['bias_tuned']['bias']}: "
           f"macro-F1 {metrics['bias_tuned']['macro_f1']:.4f}; wrote {metrics_path} and 3 files in {plots_dir}")
     return metrics
 

@@ -4,9 +4,9 @@ the held-out rows. `stages/train.py` runs one fit (train.folds: 1) or one per fo
 A refit (`train.refit`, stages/train.py) trains a fresh model on train + val with the same schedule,
 stopped at the epoch the first fit's choice came from, and keeps what that fit kept.
 
-Early stopping counts patience from `train.swa.start_epoch` when `train.patience_from: swa_start`
-(the default), so SWA averages at least `train.early_stopping_patience` snapshots before training
-can stop; `first_epoch` counts from epoch 1, as Hugging Face's callback does.
+Early stopping counts patience from `train.swa.start_epoch` when `train.patience_from: swa_start`,
+so SWA averages at least `train.early_stopping_patience` snapshots before training
+can stop; `first_epoch` (the default) counts from epoch 1, as Hugging Face's callback does.
 
 Used by: stages/train.py.
 """
@@ -31,6 +31,7 @@ from stages.folds import Fold
 from stages.frozen import CachedDataset, FrozenBottom, collate
 from stages.ordinal import use_corn_head
 from stages.swa import SWACallback, evaluate_best_and_swa
+from stages.text import tokenize
 from stages.trainer import FocalTrainer, checkpoint_dir, history_from_logs, make_compute_metrics, training_args, \
     val_metrics
 
@@ -125,7 +126,7 @@ def pretrained_encoder(path: Path, model_name: str, tokenizer) -> Path | None:
 def encode(rows: list[dict], tokenizer, label2id: dict[str, int], model_params: ModelParams):
     from datasets import Dataset
 
-    enc = common.tokenize(tokenizer, [r["text"] for r in rows], model_params.max_length, model_params.truncation)
+    enc = tokenize(tokenizer, [r["text"] for r in rows], model_params.max_length, model_params.truncation)
     return Dataset.from_dict({**enc, "labels": [label2id[r["label"]] for r in rows]})
 
 

@@ -43,13 +43,13 @@ from stages.common import (
     Range,
     atomic_dir,
     check_ranges,
-    clean_text,
     load_section,
     load_seed,
     write_json,
 )
 from stages import sources
 from stages.sources import RAW_DIR, DataError, RowSource, load_source
+from stages.text import clean_text
 
 DROP_KINDS = ("empty", "duplicates", "label_conflicts", "cross_split_leaks")
 SPLITS = ("train", "val", "test")

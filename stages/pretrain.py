@@ -44,6 +44,7 @@ from transformers import (
 from stages import common
 from stages.cli import cli
 from stages.encoder import ModelParams, device_args, load_encoder
+from stages.text import tokenize
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ def run(
     tok_meta = common.read_json(root / "models/tokenizer/tokenizer_meta.json")
     source = common.resolve_model_name(model_name, root)
     model = load_encoder(AutoModelForMaskedLM, source, tokenizer, tok_meta, seed)
-    train_ds, val_ds = (Dataset.from_dict(common.tokenize(
+    train_ds, val_ds = (Dataset.from_dict(tokenize(
         tokenizer, [r["text"] for r in common.read_rows(root / f"data/prepare/{split}.jsonl")], max_length,
         truncation)) for split in ("train", "val"))
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=params.mask_probability, seed=seed)

@@ -21,6 +21,13 @@ train, stopped and chosen on val, a fresh model trains on train + val with the s
 epochs that fit chose (stages/fit.refit_plan), and it is the stage's model; the held-out scores
 (and so `bias_tuned`) stay the first fit's, since the refit has seen val.
 
+`train.temperature_scaling` fits one temperature T on the held-out probabilities (validation, or
+out-of-fold with K folds) for the lowest cross-entropy (Guo et al. 2017); the classifier divides its log
+probabilities by T from then on (pipeline.json), so evaluate, the MLflow model and `make predict` give
+calibrated confidences. Argmax, and so every F1, is unchanged. Fitted after early stopping, `keep` and
+the held-out scores, which all read the unscaled probabilities. Under `train.refit` it is fitted on the
+first fit's validation scores (the refit has no held-out rows) and applied to the refit.
+
 `train.nproc` > 1 makes the stage relaunch itself under torchrun (DDP: NCCL on CUDA, gloo
 on CPU), so `dvc repro` is unchanged. `train.batch_size` is the global batch (examples per
 optimizer step): each process takes batch_size / (nproc * grad_accum_steps) per forward
@@ -53,6 +60,7 @@ import torch
 from transformers import AutoTokenizer
 
 from stages import common, folds
+from stages.calibration import fit_temperature
 from stages.cli import cli
 from stages.encoder import ModelParams, resolve_device, save_tokenizer
 from stages.fit import Setup, fit, pretrained_encoder, refit_plan
@@ -87,6 +95,8 @@ class TrainParams:
     refit: bool
     # true: the Trainer's length-grouped sampler (batches of similar lengths) instead of a random order.
     group_by_length: bool
+    # true: fit a temperature on the held-out rows (stages/calibration.py) that every prediction is scaled by.
+    temperature_scaling: bool
 
     def __post_init__(self) -> None:
         common.check_ranges(self, "train")
@@ -195,6 +205,8 @@ def run(
     ids, heldout_labels, probs = folds.out_of_fold(plan, [r.heldout_probs for r in results])
     y = np.array([labels.index(lab) for lab in heldout_labels])
     metrics = {"heldout": heldout_summary(probs, y, labels, "validation" if len(plan) == 1 else "out-of-fold")}
+    # after every selection above, which read the unscaled probabilities; argmax and F1 do not change
+    metrics["heldout"]["temperature"] = fit_temperature(probs, y) if train_params.temperature_scaling else 1.0
     if len(plan) == 1:
         metrics.update(results[0].metrics)
         if refit is not None:  # its val rows are training rows: no held-out score
@@ -209,7 +221,8 @@ def run(
             "train_samples_per_second": round(epochs / wall, 2)})
         pipeline = {"seed": seed, "labels": labels, "model": common.as_dict(model_params),
                     "loss": common.as_dict(loss_params), "train": common.as_dict(train_params),
-                    "kept": [r.metrics["kept"] for r in results] if len(plan) > 1 else results[0].metrics["kept"]}
+                    "kept": [r.metrics["kept"] for r in results] if len(plan) > 1 else results[0].metrics["kept"],
+                    "temperature": metrics["heldout"]["temperature"]}  # stages/classifier.py scales by it
         if len(plan) > 1:
             pipeline["members"] = [fold.name for fold in plan]  # stages/classifier.py averages their probabilities
         heldout = {"what": metrics["heldout"]["what"], "rows": metrics["heldout"]["rows"], "ids": ids, "labels": heldout_labels,

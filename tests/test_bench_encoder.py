@@ -137,3 +137,25 @@ def test_a_pinned_profile_gives_each_key_once_with_the_change_last_said():
     sets = encoder.PROFILES["minilm-freeze4"]
     keys = [s.split("=", 1)[0] for s in sets]
     assert len(keys) == len(set(keys)) and "model.freeze_layers=4" in sets and "model.freeze_layers=0" not in sets
+
+
+def test_temperature_rows_pair_scaled_with_unscaled_on_the_same_held_out_rows():
+    def row(seed, ce, ce_scaled, ece, ece_scaled):
+        cal = {"ce_loss": ce, "ce_loss_scaled": ce_scaled, "ece": ece, "ece_scaled": ece_scaled}
+        return _row("default", seed, 0.5, heldout="validation", heldout_rows=90, kept=["swa"], n_train=509, n_val=90,
+                    temperature=0.8, heldout_calibration=cal, test_ece_unscaled=0.09, test_ce_loss=0.6,
+                    test_ce_loss_unscaled=0.65)
+
+    rows = [row(42, 0.70, 0.68, 0.10, 0.05), row(43, 0.70, 0.66, 0.10, 0.07), row(44, 0.70, 0.71, 0.10, 0.06)]
+    rows.append(_row("folds3", 42, 0.6))  # no calibration recorded (runs before it): no line
+    blocks = table(rows).split("\n\n")
+    assert blocks[-2].startswith("Temperature scaling")
+    lines = blocks[-1].splitlines()
+    assert len(lines) == 3
+    cells = _cells(lines[2])
+    # CE differences -0.02, -0.04, +0.01: mean -0.017, std 0.0252; corrected SE x sqrt(1 + 3 * 90/509)
+    se = 0.025166 / 3 ** 0.5 * (1 + 3 * 90 / 509) ** 0.5
+    assert cells[:4] == ["default", "42,43,44", "validation (90)", "0.800 ± 0.000"]
+    assert cells[5] == f"-0.017 ± {se:.3f} (2/3)"
+    assert cells[7].startswith("-0.040 ± ") and cells[7].endswith("(3/3)")
+    assert cells[8:] == ["0.090 ± 0.000 → 0.050 ± 0.000", "0.650 ± 0.000 → 0.600 ± 0.000"]

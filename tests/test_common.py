@@ -68,7 +68,7 @@ def test_local_model_dirs_must_live_under_models_base(tmp_path):
 def test_head_tail_truncation_keeps_the_start_and_the_end_inside_the_special_tokens(tmp_path):
     from transformers import AutoTokenizer
 
-    from stages.common import tokenize
+    from stages.text import tokenize
     from tiny_bert import build_tiny_bert
 
     words = [f"w{chr(97 + i)}" for i in range(20)]  # wa .. wt: one token each

@@ -14,9 +14,7 @@ import pytest
 from stages.common import ParamsError, write_json, write_jsonl
 from stages.evaluate import (
     EvaluateParams,
-    calibration_bins,
     classification_metrics,
-    expected_calibration_error,
     bias_tuned_metrics,
     cross_validated_bias_macro_f1,
     macro_f1_with_bias,
@@ -26,6 +24,7 @@ from stages.evaluate import (
     run,
     tune_bias,
 )
+from stages.calibration import expected_calibration_error
 from stages.classifier import Classifier
 from stages.metrics import macro_f1
 from tiny_bert import build_tiny_bert
@@ -36,34 +35,6 @@ LABELS = ["negative", "neutral", "positive"]
 # (0.6, 0.8] and 0.5 in (0.4, 0.6].
 PROBS = np.array([[0.9, 0.05, 0.05], [0.7, 0.2, 0.1], [0.1, 0.85, 0.05], [0.5, 0.25, 0.25]])
 Y = np.array([0, 1, 1, 0])  # row 1 is wrong, the others right
-
-
-def test_ece_matches_hand_computation():
-    # bin (0.8,1]: 2 rows, conf 0.875, acc 1 -> 2*0.125; (0.6,0.8]: conf 0.7, acc 0 -> 0.7;
-    # (0.4,0.6]: conf 0.5, acc 1 -> 0.5.  ECE = (0.25 + 0.7 + 0.5) / 4.
-    assert expected_calibration_error(PROBS, Y, n_bins=5) == pytest.approx(1.45 / 4)
-
-
-def test_calibration_bins_lists_non_empty_bins_in_order():
-    bins = calibration_bins(PROBS, Y, n_bins=5)
-    assert [b["count"] for b in bins] == [1, 1, 2]
-    assert [b["confidence"] for b in bins] == pytest.approx([0.5, 0.7, 0.875])
-    assert [b["accuracy"] for b in bins] == [1.0, 0.0, 1.0]
-
-
-def test_calibration_bins_start_at_zero_and_include_their_upper_edge():
-    # 10 classes, 10 bins: confidence 0.1 (uniform) belongs to (0, 0.1], 0.15 to (0.1, 0.2].
-    probs = np.vstack([np.full(10, 0.1), np.r_[0.15, np.full(9, 0.85 / 9)]])
-    bins = calibration_bins(probs, np.array([3, 0]), n_bins=10)
-    assert [b["count"] for b in bins] == [1, 1]
-    assert [b["confidence"] for b in bins] == pytest.approx([0.1, 0.15])
-    assert [b["accuracy"] for b in bins] == [0.0, 1.0]
-
-
-def test_ece_is_zero_when_confidence_equals_accuracy():
-    probs = np.tile([0.8, 0.1, 0.1], (10, 1))
-    y = np.array([0] * 8 + [1, 2])  # 8 of 10 right at confidence 0.8
-    assert expected_calibration_error(probs, y, n_bins=10) == pytest.approx(0.0, abs=1e-12)
 
 
 # Six test rows over four classes: "c" is never predicted and "d" is neither a label nor a prediction.
@@ -176,7 +147,9 @@ def test_run_writes_metrics_and_dvc_plot_files(trained, tmp_path):
     saved = json.loads(metrics_path.read_text())
     assert saved == result
     assert set(saved) == {"accuracy", "macro_f1", "weighted_f1", "per_class", "ece", "ce_loss", "n_test",
-                          "bias_tuned"}
+                          "calibration", "bias_tuned"}
+    # pipeline.json has no temperature: none applied, and too few rows per class for the cross-validated check
+    assert saved["calibration"]["temperature"] == 1.0 and saved["calibration"]["ece_unscaled"] == saved["ece"]
     # val == test here, so the tuned rule scores on test what it found on val, never below argmax
     tuned = saved["bias_tuned"]
     assert tuned["macro_f1"] == pytest.approx(tuned["val_macro_f1"]) and tuned["macro_f1"] >= saved["macro_f1"]
@@ -189,6 +162,27 @@ def test_run_writes_metrics_and_dvc_plot_files(trained, tmp_path):
     assert sum(b["count"] for b in calibration) == len(TEXTS)
     assert (plots_dir / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_run_scores_the_probabilities_scaled_by_trains_temperature(trained, tmp_path):
+    """With a temperature in pipeline.json, test ECE and CE are those of the scaled probabilities, the
+    unscaled ones are reported beside them, and argmax scores do not move."""
+    model_dir, data_dir = trained
+    params = EvaluateParams(batch_size=4, ece_bins=10, bias_search=0.0)
+    plain = run(params, model_dir, data_dir, tmp_path / "plain.json", tmp_path / "p1")
+    pipeline = json.loads((model_dir / "pipeline.json").read_text())
+    write_json(model_dir / "pipeline.json", {**pipeline, "temperature": 3.0})
+    scaled = run(params, model_dir, data_dir, tmp_path / "scaled.json", tmp_path / "p2")
+    raw = Classifier.load(model_dir)
+    probs = raw.predict_proba(TEXTS, batch_size=4)
+    assert raw.temperature == 3.0
+    y = np.array([i % 3 for i in range(len(TEXTS))])
+    assert scaled["ece"] == pytest.approx(expected_calibration_error(probs, y, 10))
+    assert scaled["calibration"] | {"heldout_cross_validated": None} == {
+        "temperature": 3.0, "ece_unscaled": pytest.approx(plain["ece"]), "ce_loss_unscaled": pytest.approx(plain["ce_loss"]),
+        "heldout_cross_validated": None}
+    assert scaled["ce_loss"] != pytest.approx(plain["ce_loss"])
+    assert (scaled["accuracy"], scaled["macro_f1"]) == (plain["accuracy"], plain["macro_f1"])
 
 
 def test_run_fails_when_model_labels_differ_from_labels_json(trained, tmp_path):

@@ -85,6 +85,7 @@ BAD = {
     "train.patience_from": ("last", r"train.patience_from: 'last' is not one of \['swa_start', 'first_epoch'\]"),
     "train.refit": ("no", r"train.refit: expected bool, got 'no'"),
     "train.group_by_length": (1, r"train.group_by_length: expected bool, got 1"),
+    "train.temperature_scaling": ("yes", r"train.temperature_scaling: expected bool, got 'yes'"),
     "train.select_metric": ("loss", r"train.select_metric: 'loss' is not one of \['macro_f1', 'ce_loss', "
                                     r"'focal_loss'\]"),
     "train.swa.enabled": (1, r"train.swa.enabled: expected bool, got 1"),

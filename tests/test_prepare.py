@@ -11,12 +11,12 @@ import pytest
 
 from stages import sources
 from stages.common import PARAMS_FILE, ParamsError, parse_params, read_jsonl, read_params
+from stages.text import clean_text
 from stages.prepare import (
     SPLITS,
     DataError,
     DataParams,
     check_classes,
-    clean_text,
     dedupe,
     drop_leaks,
     encode_sources,

@@ -1,6 +1,7 @@
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -51,7 +52,7 @@ def _params(root, **train_overrides):
     train = dict(
         max_epochs=3, batch_size=8, learning_rate=5e-3, weight_decay=0.01, warmup_ratio=0.1,
         early_stopping_patience=3, swa=swa, device="cpu", nproc=1, grad_accum_steps=1, folds=1,
-        patience_from="swa_start", select_metric="ce_loss", refit=False, group_by_length=False,
+        patience_from="swa_start", select_metric="ce_loss", refit=False, group_by_length=False, temperature_scaling=False,
     )
     train.update(train_overrides)
     return 7, ModelParams(str(root / "base"), 32, "head", 0, True), LossParams(2.0, 0.1, None), TrainParams(**train)
@@ -76,6 +77,25 @@ def test_run_saves_swa_model_metrics_and_history(tiny_root):
     assert 5e-3 > lrs[0] > lrs[1] > 1e-3 and lrs[2] == pytest.approx(1e-3, rel=1e-9)
     assert (tiny_root / "plots/train/history.png").read_bytes()[:4] == b"\x89PNG"
     assert not list((tiny_root / "models").glob("**/checkpoint-*"))  # checkpoints never land in outs
+
+
+def test_temperature_is_fitted_on_the_heldout_rows_and_scales_what_the_classifier_predicts(tiny_root):
+    from dataclasses import replace
+
+    from stages.calibration import apply_temperature, fit_temperature
+    from stages.classifier import Classifier
+
+    metrics = run(*_params(tiny_root, temperature_scaling=True), root=tiny_root)
+    heldout = json.loads((tiny_root / "models/train/heldout.json").read_text())
+    y = np.array([LABELS.index(lab) for lab in heldout["labels"]])
+    t = fit_temperature(np.array(heldout["probs"]), y)  # heldout.json keeps the unscaled probabilities
+    assert metrics["heldout"]["temperature"] == pytest.approx(t) and t != pytest.approx(1.0, abs=1e-3)
+    pipeline = json.loads((tiny_root / "models/train/pipeline.json").read_text())
+    assert pipeline["temperature"] == metrics["heldout"]["temperature"]
+    classifier = Classifier.load(tiny_root / "models/train", device="cpu")
+    texts = [r["text"] for r in common.read_rows(tiny_root / "data/prepare/val.jsonl")]
+    unscaled = replace(classifier, temperature=1.0).predict_proba(texts, batch_size=4)
+    np.testing.assert_allclose(classifier.predict_proba(texts, batch_size=4), apply_temperature(unscaled, t), rtol=1e-9)
 
 
 def test_same_seed_gives_same_metrics_on_cpu(tiny_root):
@@ -260,7 +280,7 @@ def test_early_stop_before_swa_start_is_reported_not_silent(tiny_root, capsys):
 def test_swa_settings_that_would_silently_do_nothing_fail_at_load(swa, max_epochs, match):
     raw = {"max_epochs": max_epochs, "batch_size": 8, "learning_rate": 5e-5, "weight_decay": 0.01,
            "warmup_ratio": 0.1, "early_stopping_patience": 3, "device": "cpu", "nproc": 1, "grad_accum_steps": 1,
-           "folds": 1, "patience_from": "swa_start", "select_metric": "ce_loss", "refit": False, "group_by_length": False,
+           "folds": 1, "patience_from": "swa_start", "select_metric": "ce_loss", "refit": False, "group_by_length": False, "temperature_scaling": False,
            "swa": {"enabled": True, "start_epoch": 3, "lr": 2e-5, "keep": "swa", **swa}}
     with pytest.raises(ValueError, match=match):
         common.parse_params(TrainParams, raw, "train")
@@ -270,7 +290,7 @@ def test_disabled_swa_may_start_after_the_last_epoch():
     swa = {"enabled": False, "start_epoch": 9, "lr": 2e-5, "keep": "best"}
     raw = {"max_epochs": 6, "batch_size": 8, "learning_rate": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.1,
            "early_stopping_patience": 3, "swa": swa, "device": "cpu", "nproc": 1, "grad_accum_steps": 1,
-           "folds": 1, "patience_from": "swa_start", "select_metric": "ce_loss", "refit": False, "group_by_length": False}
+           "folds": 1, "patience_from": "swa_start", "select_metric": "ce_loss", "refit": False, "group_by_length": False, "temperature_scaling": False}
     assert common.parse_params(TrainParams, raw, "train").swa.start_epoch == 9
 
 
@@ -381,7 +401,8 @@ def _trainer_sgd_step(root, out_dir, nproc: int = 1, accum: int = 1) -> dict[str
     no_swa = SwaParams(enabled=False, start_epoch=2, lr=1e-3, keep="best")
     train_params = TrainParams(max_epochs=1, batch_size=8, learning_rate=STEP_LR, weight_decay=0.0, warmup_ratio=0.0,
                                early_stopping_patience=1, swa=no_swa, device="cpu", nproc=nproc, grad_accum_steps=accum,
-                               folds=1, patience_from="swa_start", select_metric="ce_loss", refit=False, group_by_length=False)
+                               folds=1, patience_from="swa_start", select_metric="ce_loss", refit=False, group_by_length=False,
+                               temperature_scaling=False)
     model = _dropout_free_model(root)
     args = training_args(str(out_dir), train_params, seed=7)
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (8 // (nproc * accum), accum)
