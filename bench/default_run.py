@@ -55,8 +55,16 @@ def rows(m: dict, params: dict) -> list[tuple[str, str]]:
                   + f"kept {train['kept']}: val macro-F1 {kept['val_macro_f1']:.3f} (epoch-{train['best']['epoch']} "
                   f"checkpoint {train['best']['val_macro_f1']:.3f})"),
         ("evaluate", f"{test['n_test']} test reviews: accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f}, "
-                     f"neutral F1 {test['per_class']['neutral']['f1']:.3f}, ECE {test['ece']:.3f}"),
+                     f"neutral F1 {test['per_class']['neutral']['f1']:.3f}, ECE {test['ece']:.3f}"
+                     + scaled(test.get("calibration"))),
     ]
+
+
+def scaled(calibration: dict | None) -> str:
+    """What train.temperature_scaling changed (runs before it, or with it off, say nothing)."""
+    if not calibration or calibration["temperature"] == 1.0:
+        return ""
+    return f" (temperature {calibration['temperature']:.2f}; {calibration['ece_unscaled']:.3f} unscaled)"
 
 
 def table(lines: list[tuple[str, str]]) -> str:

@@ -30,6 +30,15 @@ def test_rows_say_what_each_stage_produced_from_its_metrics():
     assert lines["evaluate"] == "12 test reviews: accuracy 0.750, macro-F1 0.500, neutral F1 0.250, ECE 0.100"
 
 
+def test_the_evaluate_row_says_what_the_temperature_changed():
+    metrics = _metrics()
+    metrics["evaluate"]["calibration"] = {"temperature": 0.8123, "ece_unscaled": 0.0984}
+    assert dict(default_run.rows(metrics, {"train": {"max_epochs": 9}}))["evaluate"].endswith(
+        "ECE 0.100 (temperature 0.81; 0.098 unscaled)")
+    metrics["evaluate"]["calibration"] = {"temperature": 1.0, "ece_unscaled": 0.1}  # scaling off
+    assert dict(default_run.rows(metrics, {"train": {"max_epochs": 9}}))["evaluate"].endswith("ECE 0.100")
+
+
 def test_kept_best_checkpoint_reports_its_own_score():
     m = _metrics()
     m["train"]["kept"] = "best"
