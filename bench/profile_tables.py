@@ -122,8 +122,7 @@ def temperature_table(by_profile: dict[str, dict[int, dict]]) -> list[str]:
     """train.temperature_scaling, for the profiles whose runs record it (bench/encoder.calibration_fields):
     the held-out rows' cross-entropy and ECE unscaled vs scaled by a temperature fitted on the other 4 of 5
     parts (what choosing it may read; per seed, scaled - unscaled, with the corrected SE, and on how many seeds
-    lower), then the
-    same test scores without and with the temperature fitted on all held-out rows."""
+    lower), then the same test scores without and with the temperature fitted on all held-out rows."""
     lines = []
     for profile, seeds in by_profile.items():
         r = [seeds[s] for s in sorted(seeds) if seeds[s].get("heldout_calibration")]
@@ -135,20 +134,22 @@ def temperature_table(by_profile: dict[str, dict[int, dict]]) -> list[str]:
         delta = lambda key: paired([c[f"{key}_scaled"] - c[key] for c in h], *sizes)  # noqa: E731
         lower = lambda key: sum(c[f"{key}_scaled"] < c[key] for c in h)  # noqa: E731
         ce, ece = delta("ce_loss"), delta("ece")
-        lines.append(f"| {profile} | {','.join(str(x['seed']) for x in r)} | {r[0]['heldout']} ({r[0]['heldout_rows']}) "
-                     f"| {mean_std([x['temperature'] for x in r])} "
-                     f"| {mean_std([c['ce_loss'] for c in h])} → {mean_std([c['ce_loss_scaled'] for c in h])} "
+        both = lambda a, b: f"{mean_std(a)} → {mean_std(b)}"  # noqa: E731
+        lines.append(f"| {profile} | {','.join(str(x['seed']) for x in r)} | {r[0]['heldout']} "
+                     f"({r[0]['heldout_rows']}) | {mean_std([x['temperature'] for x in r])} "
+                     f"| {both([c['ce_loss'] for c in h], [c['ce_loss_scaled'] for c in h])} "
                      f"| {ce['mean']:+.3f} ± {ce['se_corrected']:.3f} ({lower('ce_loss')}/{ce['n']}) "
-                     f"| {mean_std([c['ece'] for c in h])} → {mean_std([c['ece_scaled'] for c in h])} "
+                     f"| {both([c['ece'] for c in h], [c['ece_scaled'] for c in h])} "
                      f"| {ece['mean']:+.3f} ± {ece['se_corrected']:.3f} ({lower('ece')}/{ece['n']}) "
-                     f"| {mean_std([x['test_ece_unscaled'] for x in r])} → {mean_std([x['test_ece'] for x in r])} "
-                     f"| {mean_std([x['test_ce_loss_unscaled'] for x in r])} → {mean_std([x['test_ce_loss'] for x in r])} |")
+                     f"| {both([x['test_ece_unscaled'] for x in r], [x['test_ece'] for x in r])} "
+                     f"| {both([x['test_ce_loss_unscaled'] for x in r], [x['test_ce_loss'] for x in r])} |")
     if not lines:
         return []
     return ["", TEMPERATURE_CAPTION, "",
             "| profile | seeds | held out (rows) | temperature | held-out CE, unscaled → scaled (T from the other "
-            "parts) | Δ held-out CE (paired, corrected SE, lower on) | held-out ECE, unscaled → scaled | Δ held-out ECE (lower on) "
-            "| test ECE, unscaled → scaled | test CE, unscaled → scaled |",
+            "parts) | Δ held-out CE (paired, corrected SE, lower on) | held-out ECE, unscaled → scaled "
+            "| Δ held-out ECE (paired, corrected SE, lower on) | test ECE, unscaled → scaled "
+            "| test CE, unscaled → scaled |",
             "|---|---|---|---|---|---|---|---|---|---|", *lines]
 
 

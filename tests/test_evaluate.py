@@ -179,7 +179,8 @@ def test_run_scores_the_probabilities_scaled_by_trains_temperature(trained, tmp_
     y = np.array([i % 3 for i in range(len(TEXTS))])
     assert scaled["ece"] == pytest.approx(expected_calibration_error(probs, y, 10))
     assert scaled["calibration"] | {"heldout_cross_validated": None} == {
-        "temperature": 3.0, "ece_unscaled": pytest.approx(plain["ece"]), "ce_loss_unscaled": pytest.approx(plain["ce_loss"]),
+        "temperature": 3.0, "ece_unscaled": pytest.approx(plain["ece"]),
+        "ce_loss_unscaled": pytest.approx(plain["ce_loss"]),
         "heldout_cross_validated": None}
     assert scaled["ce_loss"] != pytest.approx(plain["ce_loss"])
     assert (scaled["accuracy"], scaled["macro_f1"]) == (plain["accuracy"], plain["macro_f1"])

@@ -52,7 +52,8 @@ def _params(root, **train_overrides):
     train = dict(
         max_epochs=3, batch_size=8, learning_rate=5e-3, weight_decay=0.01, warmup_ratio=0.1,
         early_stopping_patience=3, swa=swa, device="cpu", nproc=1, grad_accum_steps=1, folds=1,
-        patience_from="swa_start", select_metric="ce_loss", refit=False, group_by_length=False, temperature_scaling=False,
+        patience_from="swa_start", select_metric="ce_loss", refit=False, group_by_length=False,
+        temperature_scaling=False,
     )
     train.update(train_overrides)
     return 7, ModelParams(str(root / "base"), 32, "head", 0, True), LossParams(2.0, 0.1, None), TrainParams(**train)
@@ -280,7 +281,8 @@ def test_early_stop_before_swa_start_is_reported_not_silent(tiny_root, capsys):
 def test_swa_settings_that_would_silently_do_nothing_fail_at_load(swa, max_epochs, match):
     raw = {"max_epochs": max_epochs, "batch_size": 8, "learning_rate": 5e-5, "weight_decay": 0.01,
            "warmup_ratio": 0.1, "early_stopping_patience": 3, "device": "cpu", "nproc": 1, "grad_accum_steps": 1,
-           "folds": 1, "patience_from": "swa_start", "select_metric": "ce_loss", "refit": False, "group_by_length": False, "temperature_scaling": False,
+           "folds": 1, "patience_from": "swa_start", "select_metric": "ce_loss", "refit": False, "group_by_length": False,
+           "temperature_scaling": False,
            "swa": {"enabled": True, "start_epoch": 3, "lr": 2e-5, "keep": "swa", **swa}}
     with pytest.raises(ValueError, match=match):
         common.parse_params(TrainParams, raw, "train")
@@ -290,7 +292,8 @@ def test_disabled_swa_may_start_after_the_last_epoch():
     swa = {"enabled": False, "start_epoch": 9, "lr": 2e-5, "keep": "best"}
     raw = {"max_epochs": 6, "batch_size": 8, "learning_rate": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.1,
            "early_stopping_patience": 3, "swa": swa, "device": "cpu", "nproc": 1, "grad_accum_steps": 1,
-           "folds": 1, "patience_from": "swa_start", "select_metric": "ce_loss", "refit": False, "group_by_length": False, "temperature_scaling": False}
+           "folds": 1, "patience_from": "swa_start", "select_metric": "ce_loss", "refit": False, "group_by_length": False,
+           "temperature_scaling": False}
     assert common.parse_params(TrainParams, raw, "train").swa.start_epoch == 9
 
 
