@@ -133,6 +133,14 @@ def test_profiles_other_than_the_defaults_plus_one_change_pin_what_they_need():
             assert any(s.startswith("train.learning_rate=") for s in sets), name
 
 
+def test_profiles_measured_before_temperature_scaling_pin_it_off():
+    """Their rows hold unscaled test ECE; a re-run under today's default (on) would not reproduce them."""
+    for name, sets in encoder.PROFILES.items():
+        if name.startswith(("minilm", "bbcnews-minilm", "mpnet", "folds")) and name != "folds3-temperature":
+            assert encoder.NO_T in sets, name
+    assert "train.temperature_scaling=true" in encoder.PROFILES["folds3-temperature"]
+
+
 def test_a_pinned_profile_gives_each_key_once_with_the_change_last_said():
     sets = encoder.PROFILES["minilm-freeze4"]
     keys = [s.split("=", 1)[0] for s in sets]
