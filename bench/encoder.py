@@ -36,13 +36,15 @@ from bench.profile_tables import table  # noqa: E402
 RESULTS_DIR = ROOT / "bench/results"
 # The defaults are mpnet with 8 frozen layers under this short schedule (params.yaml). Every profile that is
 # not "the defaults plus one change" pins what it needs, so it re-runs as recorded whatever params.yaml says.
-# Profiles measured before train.temperature_scaling existed pin it off, so they re-run as recorded.
+# Profiles measured before train.temperature_scaling existed pin it off, and those measured while back-translation
+# was on by default (before 2026-12-07) pin it on, so they re-run as recorded.
 NO_T = "train.temperature_scaling=false"
+BT = "augment.enabled=true"
 SHORT = ["model.name=bundled-mpnet", "train.learning_rate=1e-4", "train.max_epochs=6", "train.swa.start_epoch=3",
-         "train.patience_from=first_epoch", NO_T]
+         "train.patience_from=first_epoch", NO_T, BT]
 # the schedule of the defaults before (MiniLM's, chosen by bench/choose.py), with every layer trained
 OLD_SCHEDULE = ["model.freeze_layers=0", "train.learning_rate=5e-5", "train.max_epochs=10", "train.swa.start_epoch=4"]
-MINILM = ["model.name=bundled-minilm", *OLD_SCHEDULE, "train.patience_from=swa_start", NO_T]  # the defaults before
+MINILM = ["model.name=bundled-minilm", *OLD_SCHEDULE, "train.patience_from=swa_start", NO_T, BT]  # the defaults before
 
 
 def on(base: list[str], *changes: str) -> list[str]:
@@ -60,7 +62,7 @@ PROFILES = {
     "minilm-grouped": on(MINILM, "train.group_by_length=true"),
     # full fine-tuning under the stopping rule the freeze rows below ran under (they predate
     # train.patience_from), so the two pair up; each mpnet epoch costs ~5 min on 2 cores
-    "mpnet-first-epoch": ["model.name=bundled-mpnet", *OLD_SCHEDULE, "train.patience_from=first_epoch", NO_T],
+    "mpnet-first-epoch": ["model.name=bundled-mpnet", *OLD_SCHEDULE, "train.patience_from=first_epoch", NO_T, BT],
     # the top layer alone learns slower per step than the whole encoder, and each epoch is cheap: a higher
     # LR, and a shorter run (full fine-tuning of mpnet bottomed out in val loss at epoch 3 of 6). Under the
     # stopping rule its rows ran under (they predate train.patience_from), so that they re-run as recorded.
@@ -69,30 +71,33 @@ PROFILES = {
     "mpnet-freeze10-short": on(SHORT, "model.freeze_layers=10"),
     "mpnet-freeze8-short": on(SHORT, "model.freeze_layers=8"),  # = the defaults
     # the short schedule as a lever: the same freezing and stopping rule under the old schedule
-    "mpnet-freeze8": on(["model.name=bundled-mpnet", *OLD_SCHEDULE, NO_T], "model.freeze_layers=8",
+    "mpnet-freeze8": on(["model.name=bundled-mpnet", *OLD_SCHEDULE, NO_T, BT], "model.freeze_layers=8",
                         "train.patience_from=first_epoch"),
     # Cross-fit (`--results crossfit`): the defaults, patience counted from swa.start_epoch, K fold models
     # over train + val, the refit on train + val, the ordinal head; and the same on the MiniLM defaults before.
     "default": [],
-    "patience-swa-start": ["train.patience_from=swa_start"],
+    # the defaults before back-translation went off (these rows ran as `--profile default` at d73d109)
+    "backtrans": [BT],
+    "patience-swa-start": ["train.patience_from=swa_start", BT],
     # K > 1 without the temperature (params.yaml: T fitted on single fold models over-softens their average)
-    "folds3": ["train.folds=3", NO_T],
-    "folds5": ["train.folds=5", NO_T],
+    "folds3": ["train.folds=3", NO_T, BT],
+    "folds5": ["train.folds=5", NO_T, BT],
     # ... and with it: these rows ran as `--profile folds3` at 6e375ba, when folds3 meant this (their command)
-    "folds3-temperature": ["train.folds=3", "train.temperature_scaling=true"],
+    "folds3-temperature": ["train.folds=3", "train.temperature_scaling=true", BT],
     # SWA as the out-of-fold signal sees it: the ablation's no-swa row scored higher on test and on
     # validation (90 reviews), which is too few to choose with; paired with folds3 on the same folds
-    "folds3-noswa": ["train.folds=3", "train.swa.enabled=false", NO_T],
+    "folds3-noswa": ["train.folds=3", "train.swa.enabled=false", NO_T, BT],
     # back-translation likewise: the ablation's no-backtrans row scored higher on test and validation (90);
     # augment's reviews keep their order with it off, so the folds (and held-out rows) are folds3's
     "folds3-nobacktrans": ["train.folds=3", "augment.enabled=false", NO_T],
-    "refit": ["train.refit=true"],
-    "ordinal": ["loss.ordinal=[negative,neutral,positive]"],
+    "refit": ["train.refit=true", BT],
+    "ordinal": ["loss.ordinal=[negative,neutral,positive]", BT],
     "minilm-folds3": on(MINILM, "train.folds=3"),
     "minilm-refit": on(MINILM, "train.refit=true"),
     "minilm-ordinal": on(MINILM, "loss.ordinal=[negative,neutral,positive]"),
     # users' own data must not get worse (`--results bbcnews`): the bundled 5-class BBC News corpus under the
-    # defaults, and under the MiniLM defaults before (and those with patience from epoch 1, before Cross-fit)
+    # defaults, and under the MiniLM defaults before (and those with patience from epoch 1, before Cross-fit).
+    # No BBC class is below augment.target_ratio x the largest (386 of 511), so back-translation adds nothing there.
     "bbcnews": ["data.source=bbcnews"],
     "bbcnews-minilm": on(MINILM, "data.source=bbcnews"),
     "bbcnews-minilm-first-epoch": on(MINILM, "data.source=bbcnews", "train.patience_from=first_epoch"),
@@ -165,10 +170,12 @@ def load(results: Path) -> list[dict]:
 BASELINE = {"bbcnews": "bbcnews"}
 
 # Per results file, profiles whose rows another results file holds, shown under an alias. The encoder table's
-# MiniLM defaults are crossfit.json's `minilm` rows; the cross-fit table's defaults are encoder.json's
-# `mpnet-freeze8-short` rows (the same params: they became the defaults), where crossfit.json has none of
-# its own for a seed. A file's own row for a seed wins over a borrowed one (the last run counts).
-BORROWED = {"encoder": {"minilm": ("crossfit", "minilm")}, "crossfit": {"default": ("encoder", "mpnet-freeze8-short")}}
+# MiniLM defaults are crossfit.json's `minilm` rows; the cross-fit table's `backtrans` (the defaults before
+# back-translation went off) are encoder.json's `mpnet-freeze8-short` rows (the same params but the
+# temperature), where crossfit.json has none of its own for a seed. A file's own row for a seed wins over a
+# borrowed one (the last run counts).
+BORROWED = {"encoder": {"minilm": ("crossfit", "minilm")},
+            "crossfit": {"backtrans": ("encoder", "mpnet-freeze8-short")}}
 
 
 def with_borrowed(rows: list[dict], results: Path) -> list[dict]:

@@ -24,6 +24,8 @@ def table(rows: list[dict], crossfit: bool | None = None, baseline: str = "defau
     by_profile: dict[str, dict[int, dict]] = {}
     for row in rows:
         by_profile.setdefault(row["profile"], {})[row["seed"]] = row
+    if baseline in by_profile:  # the baseline first: every other line is read against it
+        by_profile = {baseline: by_profile.pop(baseline), **by_profile}
     if crossfit or (crossfit is None and all("heldout" in r for r in rows)):
         return crossfit_table(by_profile, baseline)
     lines = ["| profile | seeds | val macro-F1 | Δ val macro-F1 vs full fine-tuning (paired, corrected SE) "
@@ -73,7 +75,8 @@ def vs_default(seeds: dict[int, dict], default: dict[int, dict]) -> str:
 # A profile whose held-out rows are another profile's (the same folds or validation split for every seed), so
 # the two compare on them paired: this is the selection signal (the test split is read only for the report).
 HELDOUT_PAIR = {"folds3-noswa": "folds3", "folds3-nobacktrans": "folds3", "folds5": "folds3",
-                "patience-swa-start": "default", "ordinal": "default", "minilm-ordinal": "minilm"}
+                "patience-swa-start": "default", "ordinal": "default", "minilm-ordinal": "minilm",
+                "backtrans": "default"}
 
 
 def vs_heldout_pair(seeds: dict[int, dict], pair: dict[int, dict]) -> str:

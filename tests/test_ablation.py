@@ -1,6 +1,6 @@
 """bench/ablation.py: the rows it queues and what its report reads."""
 
-from bench.ablation import REMEDIES, WITHOUT, earlier_rows, group_rows, kept_val_f1, results, rows, table
+from bench.ablation import DEFAULT_ROW, REMEDIES, WITHOUT, earlier_rows, group_rows, kept_val_f1, results, rows, table
 from stages.common import read_params
 from tools.grid import Run
 
@@ -11,10 +11,10 @@ def _dotted(params: dict, key: str):
     return params
 
 
-def test_the_final_row_is_params_yaml_default():
+def test_the_default_row_is_params_yaml_default():
     params = read_params()
-    final = dict((name, overrides) for name, _, overrides in rows())["final"]
-    assert {key: _dotted(params, key) for key in final} == final
+    default = dict((name, overrides) for name, _, overrides in rows())[DEFAULT_ROW]
+    assert {key: _dotted(params, key) for key in default} == default
 
 
 def test_rows_are_cumulative_and_pin_every_key_a_later_row_changes():

@@ -112,7 +112,8 @@ def tiny_profile(root: Path) -> None:
     params["model"].update(name=str(bert), max_length=32, freeze_layers=0)  # the tiny BERT has 1 layer
     params["tokenizer"].update(vocab_size=60, model_type="bpe", max_new_tokens=5, min_frequency=2)
     params["pretrain"].update(enabled=True, epochs=1, batch_size=8)  # the encoder train starts from
-    params["augment"].update(backend="nlpaug", from_model=str(src), to_model=str(tgt), max_length=20, batch_size=8)
+    params["augment"].update(enabled=True, backend="nlpaug", from_model=str(src), to_model=str(tgt))  # off by default
+    params["augment"].update(max_length=20, batch_size=8)
     params["augment"].update(max_length_ratio=100.0)  # random-weight Marian output has arbitrary length
     params["train"].update(max_epochs=2, batch_size=8)
     params["train"]["swa"].update(start_epoch=2)
