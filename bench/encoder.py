@@ -76,8 +76,10 @@ PROFILES = {
     # Cross-fit (`--results crossfit`): the defaults, patience counted from swa.start_epoch, K fold models
     # over train + val, the refit on train + val, the ordinal head; and the same on the MiniLM defaults before.
     "default": [],
-    # the defaults before back-translation went off (these rows ran as `--profile default` at d73d109)
-    "backtrans": [BT],
+    # the defaults before back-translation went off (these rows ran as `--profile default` at d73d109), and the
+    # defaults with temperature scaling (these ran as `--profile default` at e9ae373, when it was on)
+    "backtrans": [BT, "train.temperature_scaling=true"],
+    "temperature": ["train.temperature_scaling=true"],
     "patience-swa-start": ["train.patience_from=swa_start", BT],
     # K > 1 without the temperature (params.yaml: T fitted on single fold models over-softens their average)
     "folds3": ["train.folds=3", NO_T, BT],

@@ -79,4 +79,5 @@ def cross_validated_temperature(probs: np.ndarray, y: np.ndarray, n_bins: int, k
     for fit_rows, score_rows in StratifiedKFold(n_splits=k).split(probs, y):
         scaled[score_rows] = apply_temperature(probs[score_rows], fit_temperature(probs[fit_rows], y[fit_rows]))
     return {"ce_loss": cross_entropy(probs, y), "ce_loss_scaled": cross_entropy(scaled, y),
-            "ece": expected_calibration_error(probs, y, n_bins), "ece_scaled": expected_calibration_error(scaled, y, n_bins)}
+            "ece": expected_calibration_error(probs, y, n_bins),
+            "ece_scaled": expected_calibration_error(scaled, y, n_bins)}

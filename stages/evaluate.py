@@ -229,8 +229,9 @@ def run(params: EvaluateParams, model_dir: Path = ROOT / "models/train", data_di
     write_json(plots_dir / "calibration.json", calibration_bins(probs, y, params.ece_bins))
     write_json(metrics_path, metrics)
     print(f"evaluate: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
-          f"ECE {metrics['ece']:.4f} (temperature {classifier.temperature:.3f}; {metrics['calibration']['ece_unscaled']:.4f} "
-          f"without); with validation-tuned biases {metrics['bias_tuned']['bias']}: "
+          f"ECE {metrics['ece']:.4f} (temperature {classifier.temperature:.3f}; "
+          f"{metrics['calibration']['ece_unscaled']:.4f} without); "
+          f"with validation-tuned biases {metrics['bias_tuned']['bias']}: "
           f"macro-F1 {metrics['bias_tuned']['macro_f1']:.4f}; wrote {metrics_path} and 3 files in {plots_dir}")
     return metrics
 
