@@ -46,8 +46,7 @@ def rows(m: dict, params: dict) -> list[tuple[str, str]]:
                     f"{prep['dropped']['cross_split_leaks']} train review(s) dropped as also in test"),
         ("tokenizer", f"{tok['tokens_added']} domain words added ({tok['mode']}; vocab {tok['vocab_size']:,})"),
         ("pretrain", "on" if m["pretrain"].get("enabled") else "off (records only that)"),
-        ("augment", f"{aug['generated']} back-translations, {aug['kept']} kept; " + ", ".join(
-            f"{c} {v['before']} -> {v['after']}" for c, v in grown.items())),
+        ("augment", augment_line(aug, grown, params.get("augment", {}).get("enabled", True))),
         ("alpha", f"{alpha['method']}: " + " / ".join(f"{c} {v['alpha']:.3f}" for c, v in alpha["per_class"].items())),
         ("train", f"{train['epochs_run']} of at most {params['train']['max_epochs']} epochs "
                   f"({train['stop_reason'].replace('_', ' ')}); lowest val loss at epoch {train['best']['epoch']}; "
@@ -58,6 +57,14 @@ def rows(m: dict, params: dict) -> list[tuple[str, str]]:
                      f"neutral F1 {test['per_class']['neutral']['f1']:.3f}, ECE {test['ece']:.3f}"
                      + scaled(test.get("calibration"))),
     ]
+
+
+def augment_line(aug: dict, grown: dict, enabled: bool) -> str:
+    """What augment added, or, with it off, the class counts train gets unchanged."""
+    if not enabled:
+        return "off (train unchanged: " + " / ".join(f"{c} {v['before']}" for c, v in aug["classes"].items()) + ")"
+    return f"{aug['generated']} back-translations, {aug['kept']} kept; " + ", ".join(
+        f"{c} {v['before']} -> {v['after']}" for c, v in grown.items())
 
 
 def scaled(calibration: dict | None) -> str:

@@ -30,6 +30,14 @@ def test_rows_say_what_each_stage_produced_from_its_metrics():
     assert lines["evaluate"] == "12 test reviews: accuracy 0.750, macro-F1 0.500, neutral F1 0.250, ECE 0.100"
 
 
+def test_the_augment_row_says_off_with_the_counts_train_gets():
+    metrics = _metrics()
+    metrics["augment"].update(generated=0, kept=0, classes={"neg": {"before": 10, "after": 10},
+                                                             "pos": {"before": 30, "after": 30}})
+    params = {"train": {"max_epochs": 9}, "augment": {"enabled": False}}
+    assert dict(default_run.rows(metrics, params))["augment"] == "off (train unchanged: neg 10 / pos 30)"
+
+
 def test_the_evaluate_row_says_what_the_temperature_changed():
     metrics = _metrics()
     metrics["evaluate"]["calibration"] = {"temperature": 0.8123, "ece_unscaled": 0.0984}
