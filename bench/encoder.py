@@ -69,7 +69,7 @@ PROFILES = {
     "mpnet-freeze11-short": on(SHORT, "model.freeze_layers=11"),
     # the same schedule with the top two layers trained: the freezing level is the only change
     "mpnet-freeze10-short": on(SHORT, "model.freeze_layers=10"),
-    "mpnet-freeze8-short": on(SHORT, "model.freeze_layers=8"),  # = the defaults
+    "mpnet-freeze8-short": on(SHORT, "model.freeze_layers=8"),  # = the defaults until 2026-12-07
     # the short schedule as a lever: the same freezing and stopping rule under the old schedule
     "mpnet-freeze8": on(["model.name=bundled-mpnet", *OLD_SCHEDULE, NO_T, BT], "model.freeze_layers=8",
                         "train.patience_from=first_epoch"),
