@@ -39,14 +39,14 @@ def rows(m: dict, params: dict) -> list[tuple[str, str]]:
     """(stage, what it produced) for each stage, in pipeline order."""
     prep, tok, aug, alpha, train, test = (m[s] for s in ("prepare", "tokenizer", "augment", "alpha", "train",
                                                           "evaluate"))
-    n, grown = prep["totals"], {c: v for c, v in aug["classes"].items() if v["after"] != v["before"]}
+    n = prep["totals"]
     kept = train["swa"] if train["kept"] == "swa" else train["best"]
     return [
         ("prepare", f"{n['train']} train / {n['val']} val / {n['test']} test reviews; "
                     f"{prep['dropped']['cross_split_leaks']} train review(s) dropped as also in test"),
         ("tokenizer", f"{tok['tokens_added']} domain words added ({tok['mode']}; vocab {tok['vocab_size']:,})"),
         ("pretrain", "on" if m["pretrain"].get("enabled") else "off (records only that)"),
-        ("augment", augment_line(aug, grown, params.get("augment", {}).get("enabled", True))),
+        ("augment", augment_line(aug, params.get("augment", {}).get("enabled", True))),
         ("alpha", f"{alpha['method']}: " + " / ".join(f"{c} {v['alpha']:.3f}" for c, v in alpha["per_class"].items())),
         ("train", f"{train['epochs_run']} of at most {params['train']['max_epochs']} epochs "
                   f"({train['stop_reason'].replace('_', ' ')}); lowest val loss at epoch {train['best']['epoch']}; "
@@ -59,12 +59,12 @@ def rows(m: dict, params: dict) -> list[tuple[str, str]]:
     ]
 
 
-def augment_line(aug: dict, grown: dict, enabled: bool) -> str:
-    """What augment added, or, with it off, the class counts train gets unchanged."""
+def augment_line(aug: dict, enabled: bool) -> str:
+    """What augment added (the classes it grew), or, with it off, the class counts train gets unchanged."""
     if not enabled:
         return "off (train unchanged: " + " / ".join(f"{c} {v['before']}" for c, v in aug["classes"].items()) + ")"
     return f"{aug['generated']} back-translations, {aug['kept']} kept; " + ", ".join(
-        f"{c} {v['before']} -> {v['after']}" for c, v in grown.items())
+        f"{c} {v['before']} -> {v['after']}" for c, v in aug["classes"].items() if v["after"] != v["before"])
 
 
 def scaled(calibration: dict | None) -> str:
