@@ -37,9 +37,11 @@ RESULTS_DIR = ROOT / "bench/results"
 # The defaults are mpnet with 8 frozen layers under this short schedule (params.yaml). Every profile that is
 # not "the defaults plus one change" pins what it needs, so it re-runs as recorded whatever params.yaml says.
 # Profiles measured before train.temperature_scaling existed pin it off, and those measured while back-translation
-# was on by default (before 2026-12-07) pin it on, so they re-run as recorded.
+# was on by default (before 2026-12-07) pin it on, so they re-run as recorded. Every profile but `default` ran
+# before train.sub_batches existed (each padded batch whole): `padded` below pins that on all of them.
 NO_T = "train.temperature_scaling=false"
 BT = "augment.enabled=true"
+PADDED = "train.sub_batches=1"
 SHORT = ["model.name=bundled-mpnet", "train.learning_rate=1e-4", "train.max_epochs=6", "train.swa.start_epoch=3",
          "train.patience_from=first_epoch", NO_T, BT]
 # the schedule of the defaults before (MiniLM's, chosen by bench/choose.py), with every layer trained
@@ -80,6 +82,9 @@ PROFILES = {
     # defaults with temperature scaling (these ran as `--profile default` at e9ae373, when it was on)
     "backtrans": [BT, "train.temperature_scaling=true"],
     "temperature": ["train.temperature_scaling=true"],
+    # the defaults before train.sub_batches (these rows ran as `--profile default` at 6ca0d8f): the same batches and
+    # math, each batch padded whole, so other dropout draws and more padding to compute
+    "padded": [],
     "patience-swa-start": ["train.patience_from=swa_start", BT],
     # K > 1 without the temperature (params.yaml: T fitted on single fold models over-softens their average)
     "folds3": ["train.folds=3", NO_T, BT],
@@ -104,6 +109,7 @@ PROFILES = {
     "bbcnews-minilm": on(MINILM, "data.source=bbcnews"),
     "bbcnews-minilm-first-epoch": on(MINILM, "data.source=bbcnews", "train.patience_from=first_epoch"),
 }
+PROFILES = {name: sets if name == "default" else on(sets, PADDED) for name, sets in PROFILES.items()}
 
 
 PEAK = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=sys.stderr); "

@@ -97,6 +97,9 @@ class TrainParams:
     group_by_length: bool
     # true: fit a temperature on the held-out rows (stages/calibration.py) that every prediction is scaled by.
     temperature_scaling: bool
+    # Each batch runs as this many parts of similar lengths, each cut to its longest row (stages/trainer.py): the
+    # same examples, loss and step with less padding. 1: the padded batch whole.
+    sub_batches: Annotated[int, common.AT_LEAST_1]
 
     def __post_init__(self) -> None:
         common.check_ranges(self, "train")

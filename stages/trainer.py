@@ -1,5 +1,6 @@
 """The Hugging Face Trainer as the train stage uses it: focal loss, alpha-mass normalisation, the SWA-aware
-LR schedule, whole-set validation metrics, TrainingArguments, checkpoints, and the per-epoch history.
+LR schedule, whole-set validation metrics, TrainingArguments, checkpoints, the per-epoch history, and
+batches run as sub-batches of similar lengths (`train.sub_batches`).
 
 Used by: stages/train.py (params sections `loss`, `train`), bench/train_throughput.py.
 """
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score
 from transformers import Trainer, TrainingArguments
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from stages.encoder import device_args, resolve_device
 from stages.metrics import macro_f1  # the same definition evaluate scores test with
@@ -45,7 +47,9 @@ class FocalTrainer(Trainer):
         return batch_samples, None if weight is None else float(weight)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        logits = sub_batch_logits(model, {k: v for k, v in inputs.items() if k != "labels"},
+                                  self.train_params.sub_batches)
+        outputs = SequenceClassifierOutput(logits=logits)
         # In evaluation the Trainer passes an example count, not our alpha mass: use the batch's own.
         normalizer = num_items_in_batch if model.training else None
         loss = focal_loss(outputs.logits, inputs["labels"], self.alpha, self.loss_params.gamma,
@@ -67,6 +71,35 @@ class FocalTrainer(Trainer):
                 self.train_params.swa,
             )
         return self.lr_scheduler
+
+
+def right_padded(mask: torch.Tensor) -> bool:
+    """Whether every row's real positions come first (its mask is ones, then zeros)."""
+    return bool((mask.cumprod(dim=1).sum(dim=1) == mask.sum(dim=1)).all())
+
+
+def sub_batch_logits(model, inputs: dict[str, torch.Tensor], sub_batches: int) -> torch.Tensor:
+    """The model's logits for a batch, run as `sub_batches` parts of similar lengths, each cut to its
+    longest row, in the batch's own order.
+
+    A padded position is masked out of attention, so cutting it off changes no real position's output
+    (up to float rounding); the batch, its loss and the step stay the same, with less padding to compute
+    (train stage times: bench/results/crossfit.md, `default` vs `padded`). Dropout masks are drawn per part,
+    so the random draws differ from one padded batch's. A batch without an attention mask, or a
+    left-padded one, runs whole."""
+    mask = inputs.get("attention_mask")
+    if sub_batches <= 1 or mask is None or len(mask) < 2 or not right_padded(mask):
+        return model(**inputs).logits
+    lengths = mask.sum(dim=1)
+    order = torch.argsort(lengths, stable=True)
+    seq_len = mask.shape[1]
+    parts = []
+    for idx in torch.tensor_split(order, min(sub_batches, len(order))):
+        longest = int(lengths[idx].max())
+        part = {key: value[idx, :longest] if value.dim() > 1 and value.shape[1] == seq_len else value[idx]
+                for key, value in inputs.items()}
+        parts.append(model(**part).logits)
+    return torch.cat(parts)[torch.argsort(order)]
 
 
 def make_compute_metrics(alpha: torch.Tensor, loss_params: LossParams):

@@ -10,6 +10,7 @@ from transformers import AutoModelForSequenceClassification, MPNetConfig, MPNetF
 from stages import common
 from stages.frozen import FrozenBottom, collate, pad
 from stages.train import run
+from stages.trainer import sub_batch_logits
 from test_train import _params, make_tiny_root
 from tiny_bert import build_tiny_bert
 
@@ -69,6 +70,37 @@ def test_the_cache_stays_valid_after_training_the_top(tmp_path, arch):
     with torch.no_grad():
         got = top(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"]).logits
     torch.testing.assert_close(got, _full_logits(frozen.full().eval(), TEXT_IDS), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("parts", [2, 3, 4, 9])
+def test_sub_batches_of_cached_states_give_the_padded_batchs_logits_in_its_order(parts):
+    model = _tiny_mpnet().eval()
+    frozen = FrozenBottom(model, 1)
+    ids = TEXT_IDS + [[2, 9, 3], [2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 3]]
+    batch = collate([{"inputs_embeds": s, "labels": 0} for s in frozen.encode(ids, 8, torch.device("cpu"))])
+    del batch["labels"]
+    top = frozen.top().eval()
+    with torch.no_grad():
+        want = top(**batch).logits
+        got = sub_batch_logits(top, batch, parts)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(got[0], got[1])  # rows differ, so a wrong order would show
+
+
+def test_a_left_padded_batch_runs_whole():
+    """Cutting each part to its longest row assumes real positions come first; otherwise nothing is cut."""
+    model = _tiny_mpnet().eval()
+    calls = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape),
+                                    with_kwargs=True)
+    batch, mask = pad([torch.tensor(i[::-1]) for i in TEXT_IDS], 0)
+    batch, mask = batch.flip(1), mask.flip(1)  # the same texts, padded on the left
+    with torch.no_grad():
+        sub_batch_logits(model, {"input_ids": batch, "attention_mask": mask}, 2)
+        assert calls == [batch.shape]
+        right, right_mask = pad([torch.tensor(i) for i in TEXT_IDS], 0)
+        sub_batch_logits(model, {"input_ids": right, "attention_mask": right_mask}, 2)
+    assert calls[1:] == [torch.Size([2, 4]), torch.Size([2, 9])]  # lengths 3, 4 | 5, 9
 
 
 def test_top_trains_only_unfrozen_parameters(tmp_path):

@@ -86,6 +86,7 @@ BAD = {
     "train.refit": ("no", r"train.refit: expected bool, got 'no'"),
     "train.group_by_length": (1, r"train.group_by_length: expected bool, got 1"),
     "train.temperature_scaling": ("yes", r"train.temperature_scaling: expected bool, got 'yes'"),
+    "train.sub_batches": (0, r"train.sub_batches: 0 is out of range, allowed >= 1"),
     "train.select_metric": ("loss", r"train.select_metric: 'loss' is not one of \['macro_f1', 'ce_loss', "
                                     r"'focal_loss'\]"),
     "train.swa.enabled": (1, r"train.swa.enabled: expected bool, got 1"),

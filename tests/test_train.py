@@ -53,7 +53,7 @@ def _params(root, **train_overrides):
         max_epochs=3, batch_size=8, learning_rate=5e-3, weight_decay=0.01, warmup_ratio=0.1,
         early_stopping_patience=3, swa=swa, device="cpu", nproc=1, grad_accum_steps=1, folds=1,
         patience_from="swa_start", select_metric="ce_loss", refit=False, group_by_length=False,
-        temperature_scaling=False,
+        temperature_scaling=False, sub_batches=2,
     )
     train.update(train_overrides)
     return 7, ModelParams(str(root / "base"), 32, "head", 0, True), LossParams(2.0, 0.1, None), TrainParams(**train)
@@ -282,7 +282,7 @@ def test_swa_settings_that_would_silently_do_nothing_fail_at_load(swa, max_epoch
     raw = {"max_epochs": max_epochs, "batch_size": 8, "learning_rate": 5e-5, "weight_decay": 0.01,
            "warmup_ratio": 0.1, "early_stopping_patience": 3, "device": "cpu", "nproc": 1, "grad_accum_steps": 1,
            "folds": 1, "patience_from": "swa_start", "select_metric": "ce_loss", "refit": False, "group_by_length": False,
-           "temperature_scaling": False,
+           "temperature_scaling": False, "sub_batches": 1,
            "swa": {"enabled": True, "start_epoch": 3, "lr": 2e-5, "keep": "swa", **swa}}
     with pytest.raises(ValueError, match=match):
         common.parse_params(TrainParams, raw, "train")
@@ -293,7 +293,7 @@ def test_disabled_swa_may_start_after_the_last_epoch():
     raw = {"max_epochs": 6, "batch_size": 8, "learning_rate": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.1,
            "early_stopping_patience": 3, "swa": swa, "device": "cpu", "nproc": 1, "grad_accum_steps": 1,
            "folds": 1, "patience_from": "swa_start", "select_metric": "ce_loss", "refit": False, "group_by_length": False,
-           "temperature_scaling": False}
+           "temperature_scaling": False, "sub_batches": 1}
     assert common.parse_params(TrainParams, raw, "train").swa.start_epoch == 9
 
 
@@ -395,9 +395,10 @@ def _reference_sgd_step(root) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _trainer_sgd_step(root, out_dir, nproc: int = 1, accum: int = 1) -> dict[str, torch.Tensor]:
+def _trainer_sgd_step(root, out_dir, nproc: int = 1, accum: int = 1, sub_batches: int = 1) -> dict[str, torch.Tensor]:
     """The weights after FocalTrainer's first optimizer step on the 8 rows (global batch 8), set up by
-    training_args for `nproc` processes x `accum` micro-batches, with the optimizer swapped for plain SGD."""
+    training_args for `nproc` processes x `accum` micro-batches of `sub_batches` parts each, with the
+    optimizer swapped for plain SGD."""
     from transformers import DataCollatorWithPadding
 
     data, tokenizer = _step_batch(root)
@@ -405,7 +406,7 @@ def _trainer_sgd_step(root, out_dir, nproc: int = 1, accum: int = 1) -> dict[str
     train_params = TrainParams(max_epochs=1, batch_size=8, learning_rate=STEP_LR, weight_decay=0.0, warmup_ratio=0.0,
                                early_stopping_patience=1, swa=no_swa, device="cpu", nproc=nproc, grad_accum_steps=accum,
                                folds=1, patience_from="swa_start", select_metric="ce_loss", refit=False, group_by_length=False,
-                               temperature_scaling=False)
+                               temperature_scaling=False, sub_batches=sub_batches)
     model = _dropout_free_model(root)
     args = training_args(str(out_dir), train_params, seed=7)
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (8 // (nproc * accum), accum)
@@ -431,6 +432,16 @@ def test_gradient_accumulation_gives_the_same_update_as_one_batch(tiny_root, tmp
     assert (want["classifier.weight"] - initial["classifier.weight"]).abs().max() > 1e-3  # the step moves weights
     for accum in (1, 2):
         _assert_same_weights(_trainer_sgd_step(tiny_root, tmp_path / f"ga{accum}", accum=accum), want)
+
+
+def test_sub_batches_of_similar_lengths_give_the_same_update_as_the_padded_batch(tiny_root, tmp_path):
+    """The rows differ in length: each part is cut to its own longest row, and the step is the whole batch's."""
+    data, _ = _step_batch(tiny_root)
+    assert len({len(ids) for ids in data["input_ids"]}) >= 3
+    want = _reference_sgd_step(tiny_root)
+    for accum, parts in ((1, 3), (2, 2), (1, 8)):
+        _assert_same_weights(_trainer_sgd_step(tiny_root, tmp_path / f"sb{accum}-{parts}", accum=accum,
+                                               sub_batches=parts), want)
 
 
 def _trainer_sgd_step_as_rank(rank: int, world_size: int, port: int, root, out_dir) -> None:
