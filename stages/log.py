@@ -19,7 +19,6 @@ Run:     python -m stages.log
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
@@ -27,19 +26,14 @@ import os
 import re
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from filelock import FileLock
-
 from stages.cli import TIMES_DIR, cli, launcher
 from stages.common import ROOT, RUNTIME_DIR, load_section, read_json, read_params, write_json, workspace_root
+from stages.mlflow_store import check_server, ensure_experiment, store_lock, ui_links
 
-# MLflow 3's UI opens an experiment with this tag on its runs table, not on the GenAI traces view.
-EXPERIMENT_KIND = "mlflow.experimentKind"
 # The files dvc.yaml lists as the log stage's deps, with the stage that writes each.
 REQUIRED = {
     "metrics/prepare.json": "prepare", "metrics/tokenizer.json": "tokenizer", "metrics/pretrain.json": "pretrain",
@@ -137,26 +131,11 @@ def check_inputs(root: Path) -> None:
         raise FileNotFoundError(f"log: missing input(s) under {root}: {'; '.join(missing)}")
 
 
-def artifact_location(tracking_uri: str) -> str | None:
-    """Keep a local sqlite store's artifacts beside it (MLflow's default is ./mlruns of the cwd)."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None  # a server or other backend decides where artifacts go
-    return (Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
-
-
 def runtime_facts(root: Path) -> tuple[dict[str, float], dict[str, str]]:
     """Numbers (as metrics) and strings (as tags) from the stages' runtime files, `runtime.<stage>.` keys."""
     facts = {f"runtime.{path.stem}": read_json(path) for path in sorted((root / RUNTIME_DIR).glob("*.json"))}
     tags = {metric_key(k): str(v) for k, v in flatten(facts).items() if isinstance(v, str)}
     return numeric_metrics(facts), tags
-
-
-def store_lock(tracking_uri: str):
-    """An inter-process lock beside a sqlite store (two runs logging at once would hit
-    "database is locked"); a no-op for servers, which serialise writes themselves."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return contextlib.nullcontext()
-    return FileLock(tracking_uri.removeprefix("sqlite:///") + ".lock", timeout=600)
 
 
 def run_name(tags: dict[str, str]) -> str | None:
@@ -184,20 +163,6 @@ def logs_model(params: LogParams, root: Path) -> bool:
     """Whether this run copies the weights into MLflow (see LogParams.log_model)."""
     queued = workspace_root(root) != root.resolve()  # a queued or --temp experiment's throw-away copy
     return params.log_model == "all" or (params.log_model == "workspace" and not queued)
-
-
-def ensure_experiment(name: str, tracking_uri: str) -> Any:
-    """The MLflow experiment `name`, created with its artifacts beside a sqlite store, tagged to open on its runs."""
-    import mlflow
-
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is None:
-        mlflow.create_experiment(name, artifact_location=artifact_location(tracking_uri),
-                                 tags={EXPERIMENT_KIND: "custom_model_development"})
-    elif EXPERIMENT_KIND not in experiment.tags:
-        mlflow.tracking.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND,
-                                                          "custom_model_development")
-    return mlflow.set_experiment(name)
 
 
 def log_files(root: Path, full: dict[str, Any], pipeline: dict[str, Any], test: dict[str, Any]) -> None:
@@ -255,35 +220,6 @@ def _log_run(params: LogParams, root: Path, tracking_uri: str) -> dict:
     write_json(root / LOGGED, {"experiment": params.experiment_name, "datasets": digests,
                                "registered_model": params.registered_model if version else None})
     return {"run_id": active.info.run_id, "experiment_id": experiment.experiment_id, "model_version": version}
-
-
-def ui_links(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """How to open the run: MLflow 3 opens an experiment on its traces view; its runs table is #/.../runs."""
-    if tracking_uri.startswith(("http://", "https://")):
-        base, start = tracking_uri.rstrip("/"), ""
-    else:
-        base, start = "http://127.0.0.1:5000", f"mlflow ui --backend-store-uri {tracking_uri}, then open "
-    return (f"view it: {start}{base}/#/experiments/{experiment_id}/runs/{run_id}\n"
-            f"all runs (the runs table): {base}/#/experiments/{experiment_id}/runs")
-
-
-def check_server(uri: str, root: Path, timeout: float = 10.0) -> None:
-    """Fail fast, naming the URI and the fallback, when an HTTP tracking server does not answer.
-
-    MLflow's own client retries for minutes; a stage that hangs that long looks broken.
-    """
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout)
-    except urllib.error.HTTPError:
-        return  # it answered (auth, no /health route, ...): a server is there
-    except (OSError, ValueError) as err:
-        raise ConnectionError(
-            f"log: cannot reach the MLflow tracking server at MLFLOW_TRACKING_URI={uri} ({err}). Start it or fix "
-            f"the URI; or log to the local store instead: `unset MLFLOW_TRACKING_URI && dvc repro log` "
-            f"(sqlite:///{workspace_root(root) / 'mlflow.db'}). The outputs of the earlier stages are kept."
-        ) from err
 
 
 def run(params: LogParams, root: Path = ROOT, tracking_uri: str | None = None) -> dict:
