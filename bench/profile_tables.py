@@ -76,7 +76,8 @@ def vs_default(seeds: dict[int, dict], default: dict[int, dict]) -> str:
 # the two compare on them paired: this is the selection signal (the test split is read only for the report).
 HELDOUT_PAIR = {"folds3-noswa": "folds3", "folds3-nobacktrans": "folds3", "folds5": "folds3",
                 "patience-swa-start": "default", "ordinal": "default", "minilm-ordinal": "minilm",
-                "backtrans": "default", "padded": "default"}
+                "backtrans": "default", "padded": "default",
+                "head-tail": "default"}
 
 
 def vs_heldout_pair(seeds: dict[int, dict], pair: dict[int, dict]) -> str:
