@@ -98,7 +98,7 @@ PROFILES = {
     # back-translation likewise: the ablation's no-backtrans row scored higher on test and validation (90);
     # augment's reviews keep their order with it off, so the folds (and held-out rows) are folds3's
     "folds3-nobacktrans": ["train.folds=3", "augment.enabled=false", NO_T],
-    # the end of a long review kept with its beginning (41% are cut at 128 word pieces; reviews tend to give their
+    # the end of a long review kept with its beginning (38% run past 128 word pieces; reviews tend to give their
     # verdict last): the same cost; on the defaults with sub-batches, so paired with `default`
     "head-tail": ["model.truncation=head_tail"],
     "refit": ["train.refit=true", BT],
