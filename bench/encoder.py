@@ -98,6 +98,9 @@ PROFILES = {
     # back-translation likewise: the ablation's no-backtrans row scored higher on test and validation (90);
     # augment's reviews keep their order with it off, so the folds (and held-out rows) are folds3's
     "folds3-nobacktrans": ["train.folds=3", "augment.enabled=false", NO_T],
+    # head-tail truncation (below) on the out-of-fold signal: folds3-nobacktrans's folds and batches (padded whole,
+    # like those rows), so paired with it; the truncation is the one change
+    "folds3-head-tail": ["train.folds=3", "augment.enabled=false", NO_T, "model.truncation=head_tail"],
     # the end of a long review kept with its beginning (38% run past 128 word pieces; reviews tend to give their
     # verdict last): the same cost; on the defaults with sub-batches, so paired with `default`
     "head-tail": ["model.truncation=head_tail"],

@@ -77,7 +77,7 @@ def vs_default(seeds: dict[int, dict], default: dict[int, dict]) -> str:
 HELDOUT_PAIR = {"folds3-noswa": "folds3", "folds3-nobacktrans": "folds3", "folds5": "folds3",
                 "patience-swa-start": "default", "ordinal": "default", "minilm-ordinal": "minilm",
                 "backtrans": "default", "padded": "default",
-                "head-tail": "default"}
+                "head-tail": "default", "folds3-head-tail": "folds3-nobacktrans"}
 
 
 def vs_heldout_pair(seeds: dict[int, dict], pair: dict[int, dict]) -> str:
