@@ -39,10 +39,13 @@ RESULTS_DIR = ROOT / "bench/results"
 # Profiles measured before train.temperature_scaling existed pin it off, and those measured while back-translation
 # was on by default (before 2026-12-07) pin it on, so they re-run as recorded. Every profile but `default` ran
 # before train.sub_batches existed (each padded batch whole): `padded` below pins that on all of them (CURRENT:
-# the profiles measured with today's code).
+# the profiles measured with today's code). Every profile but `default` and `bbcnews` ran while long texts kept
+# only their beginning (model.truncation: head, the default until 2026-12-07): HEAD is pinned on them unless
+# they set the truncation themselves (HEAD_TAIL: the profiles measured with head_tail as the default).
 NO_T = "train.temperature_scaling=false"
 BT = "augment.enabled=true"
 PADDED = "train.sub_batches=1"
+HEAD = "model.truncation=head"
 SHORT = ["model.name=bundled-mpnet", "train.learning_rate=1e-4", "train.max_epochs=6", "train.swa.start_epoch=3",
          "train.patience_from=first_epoch", NO_T, BT]
 # the schedule of the defaults before (MiniLM's, chosen by bench/choose.py), with every layer trained
@@ -79,6 +82,9 @@ PROFILES = {
     # Cross-fit (`--results crossfit`): the defaults, patience counted from swa.start_epoch, K fold models
     # over train + val, the refit on train + val, the ordinal head; and the same on the MiniLM defaults before.
     "default": [],
+    # the defaults before model.truncation: head_tail (these rows ran as `--profile default` at 0874d38): a long
+    # review keeps its first 128 word pieces; paired with `default`, the truncation the one change
+    "head": [HEAD],
     # the defaults before back-translation went off (these rows ran as `--profile default` at d73d109), and the
     # defaults with temperature scaling (these ran as `--profile default` at e9ae373, when it was on)
     "backtrans": [BT, "train.temperature_scaling=true"],
@@ -98,12 +104,9 @@ PROFILES = {
     # back-translation likewise: the ablation's no-backtrans row scored higher on test and validation (90);
     # augment's reviews keep their order with it off, so the folds (and held-out rows) are folds3's
     "folds3-nobacktrans": ["train.folds=3", "augment.enabled=false", NO_T],
-    # head-tail truncation (below) on the out-of-fold signal: folds3-nobacktrans's folds and batches (padded whole,
-    # like those rows), so paired with it; the truncation is the one change
+    # head_tail truncation (the defaults' since 2026-12-07) on the out-of-fold signal: folds3-nobacktrans's folds and
+    # batches (padded whole, like those rows), so paired with it; the truncation is the one change
     "folds3-head-tail": ["train.folds=3", "augment.enabled=false", NO_T, "model.truncation=head_tail"],
-    # the end of a long review kept with its beginning (38% run past 128 word pieces; reviews tend to give their
-    # verdict last): the same cost; on the defaults with sub-batches, so paired with `default`
-    "head-tail": ["model.truncation=head_tail"],
     "refit": ["train.refit=true", BT],
     "ordinal": ["loss.ordinal=[negative,neutral,positive]", BT],
     "minilm-folds3": on(MINILM, "train.folds=3"),
@@ -113,13 +116,17 @@ PROFILES = {
     # defaults, and under the MiniLM defaults before (and those with patience from epoch 1, before Cross-fit).
     # No BBC class is below augment.target_ratio x the largest (386 of 511), so back-translation adds nothing there.
     "bbcnews": ["data.source=bbcnews"],
+    # the same before model.truncation: head_tail (these rows ran as `--profile bbcnews` at e7a56bf)
+    "bbcnews-head": ["data.source=bbcnews", HEAD],
     # the same before train.sub_batches (these rows ran as `--profile bbcnews` at c70bcaa)
     "bbcnews-padded": ["data.source=bbcnews"],
     "bbcnews-minilm": on(MINILM, "data.source=bbcnews"),
     "bbcnews-minilm-first-epoch": on(MINILM, "data.source=bbcnews", "train.patience_from=first_epoch"),
 }
-CURRENT = ("default", "bbcnews", "head-tail")
+CURRENT = ("default", "head", "bbcnews", "bbcnews-head")
+HEAD_TAIL = ("default", "bbcnews")
 PROFILES = {name: sets if name in CURRENT else on(sets, PADDED) for name, sets in PROFILES.items()}
+PROFILES = {name: sets if name in HEAD_TAIL else on([HEAD], *sets) for name, sets in PROFILES.items()}
 
 
 PEAK = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=sys.stderr); "

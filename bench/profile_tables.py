@@ -75,9 +75,9 @@ def vs_default(seeds: dict[int, dict], default: dict[int, dict]) -> str:
 # A profile whose held-out rows are another profile's (the same folds or validation split for every seed), so
 # the two compare on them paired: this is the selection signal (the test split is read only for the report).
 HELDOUT_PAIR = {"folds3-noswa": "folds3", "folds3-nobacktrans": "folds3", "folds5": "folds3",
-                "patience-swa-start": "default", "ordinal": "default", "minilm-ordinal": "minilm",
-                "backtrans": "default", "padded": "default",
-                "head-tail": "default", "folds3-head-tail": "folds3-nobacktrans"}
+                "patience-swa-start": "head", "ordinal": "head", "minilm-ordinal": "minilm",
+                "backtrans": "head", "padded": "head",
+                "head": "default", "folds3-head-tail": "folds3-nobacktrans"}
 
 
 def vs_heldout_pair(seeds: dict[int, dict], pair: dict[int, dict]) -> str:

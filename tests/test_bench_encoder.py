@@ -137,7 +137,7 @@ def test_profiles_other_than_the_defaults_plus_one_change_pin_what_they_need():
 def test_profiles_measured_while_back_translation_was_on_by_default_pin_it_on():
     """Their rows ran with augment.enabled true; a re-run under today's default (off) would not reproduce them."""
     for name, sets in encoder.PROFILES.items():
-        if name not in ("default", "temperature", "padded", "head-tail", "folds3-nobacktrans") \
+        if name not in ("default", "head", "temperature", "padded", "folds3-nobacktrans", "folds3-head-tail") \
                 and not name.startswith("bbcnews"):
             assert encoder.BT in sets, name
     assert "augment.enabled=false" in encoder.PROFILES["folds3-nobacktrans"]
@@ -149,6 +149,19 @@ def test_profiles_measured_before_sub_batches_pin_the_padded_batch():
         assert (encoder.PADDED in sets) == (name not in encoder.CURRENT), name
         assert len([s for s in sets if s.startswith("train.sub_batches=")]) == (name not in encoder.CURRENT), name
     assert {"default", "bbcnews"} <= set(encoder.CURRENT) and "padded" not in encoder.CURRENT
+
+
+def test_profiles_measured_before_head_tail_became_the_default_pin_head():
+    """Their rows kept each long text's beginning only; under today's default (head_tail) a re-run would not."""
+    for name, sets in encoder.PROFILES.items():
+        truncation = [s for s in sets if s.startswith("model.truncation=")]
+        if name in encoder.HEAD_TAIL:
+            assert truncation == [], name
+        else:
+            assert len(truncation) == 1, name
+    assert encoder.HEAD in encoder.PROFILES["head"] and encoder.HEAD in encoder.PROFILES["minilm"]
+    assert "model.truncation=head_tail" in encoder.PROFILES["folds3-head-tail"]
+    assert encoder.HEAD not in encoder.PROFILES["folds3-head-tail"]
 
 
 def test_profiles_measured_before_temperature_scaling_pin_it_off():
