@@ -2,7 +2,8 @@
 
 Each row of STEPS adds one remedy to a plain cross-entropy fine-tune, ending at the default params
 (row `final`; since back-translation went off by default on 2026-12-07, the defaults are its
-`no-backtrans` row, but for temperature scaling and sub-batches, which no row pins); each row of WITHOUT is
+`no-backtrans` row, but for temperature scaling, sub-batches and head-and-tail truncation, which no row pins; the
+rows ran with each batch padded whole and long reviews cut after their beginning); each row of WITHOUT is
 `final` less one remedy (leave one out), compared with it on the same seeds. Every row runs for
 each seed as a named DVC experiment (`abl-<row>-s<seed>`), queued and run one at a time. The report
 reads the finished experiments (`dvc exp show --json`) and the train times their `log` stage sent to
@@ -70,8 +71,9 @@ REMEDIES = {key: value for _, _, change in LEAVE_ONE_OUT for key, value in chang
 WITHOUT = LEAVE_ONE_OUT + [
     ("plain-mpnet", "default without weights, smoothing, SWA, back-translation, tokenizer (plain CE)", REMEDIES),
 ]
-# The row params.yaml's defaults are (but for train.temperature_scaling, and train.sub_batches: the rows padded each
-# batch whole, as every run before 2026-12-07; the same steps, other dropout draws): `final` until back-translation
+# The row params.yaml's defaults are (but for train.temperature_scaling; train.sub_batches: the rows padded each
+# batch whole, as every run before 2026-12-07, the same steps, other dropout draws; and model.truncation: the rows
+# kept each long review's beginning, head_tail is the default since 2026-12-07): `final` until back-translation
 # went off by default on 2026-12-07 (BENCHMARKS.md, "Cross-fitting"); the rows stay as they ran, so their results hold.
 DEFAULT_ROW = "no-backtrans"
 RESULTS = ROOT / "bench/results/ablation.json"
