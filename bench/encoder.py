@@ -125,8 +125,11 @@ PROFILES = {
 }
 CURRENT = ("default", "head", "bbcnews", "bbcnews-head")
 HEAD_TAIL = ("default", "bbcnews")
-PROFILES = {name: sets if name in CURRENT else on(sets, PADDED) for name, sets in PROFILES.items()}
-PROFILES = {name: sets if name in HEAD_TAIL else on([HEAD], *sets) for name, sets in PROFILES.items()}
+# (a default as it was before it changed, the profiles measured since): every other profile gets the old value,
+# unless it sets that key itself
+OLD_DEFAULTS = ((PADDED, CURRENT), (HEAD, HEAD_TAIL))
+PROFILES = {name: on([old for old, since in OLD_DEFAULTS if name not in since], *sets)
+            for name, sets in PROFILES.items()}
 
 
 PEAK = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=sys.stderr); "
