@@ -1,13 +1,15 @@
 """Ablation of the remedies, through the pipeline itself, over seeds.
 
-Each row of STEPS adds one remedy to a plain cross-entropy fine-tune, ending at the default params
-(row `final`; since back-translation went off by default on 2026-12-07, the defaults are its
-`no-backtrans` row, but for temperature scaling, sub-batches and head-and-tail truncation, which no row pins; the
-rows ran with each batch padded whole and long reviews cut after their beginning); each row of WITHOUT is
-`final` less one remedy (leave one out), compared with it on the same seeds. Every row runs for
-each seed as a named DVC experiment (`abl-<row>-s<seed>`), queued and run one at a time. The report
-reads the finished experiments (`dvc exp show --json`) and the train times their `log` stage sent to
-MLflow, and prints mean +- std over seeds, next to the majority-class and TF-IDF + logistic-regression
+Each row of STEPS adds one remedy to a plain cross-entropy fine-tune, ending at the mpnet defaults of
+2026-12-04 (row `final`; every row pins each key a later row or default changes, so rows queued today
+still run as they ran: each batch padded whole, long reviews cut after their beginning, no temperature);
+each row of WITHOUT is `final` less one remedy (leave one out), compared with it on the same seeds.
+Row `default` is params.yaml's default today (`final` without back-translation, with head-and-tail
+truncation and sub-batches), compared with `no-backtrans`, the default it replaced; each row of
+DEFAULT_WITHOUT is `default` less one remedy, compared with `default`. Every row runs for each seed
+as a named DVC experiment (`abl-<row>-s<seed>`), queued and run one at a time. The report reads the
+finished experiments (`dvc exp show --json`) and the train times their `log` stage sent to MLflow,
+and prints mean +- std over seeds, next to the majority-class and TF-IDF + logistic-regression
 references (fitted on the same splits).
 
     python bench/ablation.py queue [--seeds 42 43 44] [--rows final] && dvc queue start -j 1
@@ -28,14 +30,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.record import git  # noqa: E402
 from bench.references import flatten_test, references  # noqa: E402
 from stages.common import ROOT, save_png, workspace_root, write_text  # noqa: E402
-from tools.grid import Run, cell, exp_show, mean_std, runs_from_exp_show  # noqa: E402
+from tools.grid import Run, cell, dotted, exp_show, mean_std, runs_from_exp_show  # noqa: E402
 
 PLAIN = {"loss.gamma": 0, "alpha.method": "none", "loss.label_smoothing": 0, "train.swa.enabled": False,
          "augment.enabled": False, "tokenizer.max_new_tokens": 0, "train.max_epochs": 6, "train.swa.start_epoch": 3,
          "pretrain.enabled": False, "pretrain.epochs": 3,
          # the encoder and schedule every row up to minilm-final ran with (MiniLM's, patience from epoch 1)
          "model.name": "bundled-minilm", "model.freeze_layers": 0, "train.learning_rate": 5e-5,
-         "train.patience_from": "first_epoch"}
+         "train.patience_from": "first_epoch",
+         # defaults since 2026-12-07 that no row before `default` ran with
+         "model.truncation": "head", "train.sub_batches": 1, "train.temperature_scaling": False}
 # Cumulative: each row is the previous one plus one remedy; the last is params.yaml's default.
 # PLAIN pins every key a row changes, so rows queued after a default changes still run as before.
 STEPS = [
@@ -71,11 +75,19 @@ REMEDIES = {key: value for _, _, change in LEAVE_ONE_OUT for key, value in chang
 WITHOUT = LEAVE_ONE_OUT + [
     ("plain-mpnet", "default without weights, smoothing, SWA, back-translation, tokenizer (plain CE)", REMEDIES),
 ]
-# The row params.yaml's defaults are (but for train.temperature_scaling; train.sub_batches: the rows padded each
-# batch whole, as every run before 2026-12-07, the same steps, other dropout draws; and model.truncation: the rows
-# kept each long review's beginning, head_tail is the default since 2026-12-07): `final` until back-translation
-# went off by default on 2026-12-07 (BENCHMARKS.md, "Cross-fitting"); the rows stay as they ran, so their results hold.
-DEFAULT_ROW = "no-backtrans"
+# params.yaml's default since 2026-12-07: `final` without back-translation (chosen out of fold, BENCHMARKS.md,
+# "Cross-fitting"), long reviews cut to their head and tail, batches run as 4 sub-batches of similar lengths.
+DEFAULT_ROW = "default"
+TODAY = ("default", "the default today: no back-translation, head and tail, sub-batches",
+         {"augment.enabled": False, "model.truncation": "head_tail", "train.sub_batches": 4})
+DEFAULT_WITHOUT = [(f"default-{name}", f"default today {label[len('default '):]}", change)
+                   for name, label, change in LEAVE_ONE_OUT if name != "no-backtrans"]
+# The row each row is compared with; a row not here is compared with the STEPS row above it.
+BASE = {**{name: "final" for name, _, _ in WITHOUT}, DEFAULT_ROW: "no-backtrans",
+        **{name: DEFAULT_ROW for name, _, _ in DEFAULT_WITHOUT}}
+# Experiments bench/encoder.py ran with a row's exact params (its `default` profile in bench/results/crossfit.json,
+# named before that profile's rename): they are that row's runs, not trained twice. The report checks the params.
+SAME_RUNS = {"enc-head-tail": DEFAULT_ROW}
 RESULTS = ROOT / "bench/results/ablation.json"
 COLUMNS = [("macro_f1", "test macro-F1"), ("accuracy", "accuracy"), ("neutral_f1", "neutral F1"), ("ece", "ECE")]
 
@@ -87,7 +99,9 @@ def rows() -> list[tuple[str, str, dict]]:
         current = {**current, **change}
         out.append((name, label, dict(current)))
     final = next(overrides for name, _, overrides in out if name == "final")
-    return out + [(name, label, {**final, **change}) for name, label, change in WITHOUT]
+    default = {**final, **TODAY[2]}
+    return (out + [(name, label, {**final, **change}) for name, label, change in WITHOUT] + [(*TODAY[:2], default)]
+            + [(name, label, {**default, **change}) for name, label, change in DEFAULT_WITHOUT])
 
 
 def queue(seeds: list[int], only: list[str] | None = None) -> None:
@@ -129,13 +143,29 @@ def seed_of(run: Run) -> int:
     return int(run.name.rsplit("-s", 1)[1])
 
 
+def row_of(run: Run) -> str | None:
+    """The row a run belongs to: `abl-<row>-s<seed>`, or a SAME_RUNS experiment whose params match the row's."""
+    stem = run.name.rsplit("-s", 1)[0]
+    if stem.startswith("abl-"):
+        return stem[4:]
+    row = SAME_RUNS.get(stem)
+    if row:
+        overrides = dict((name, o) for name, _, o in rows())[row]
+        differ = sorted(key for key, value in overrides.items() if dotted(run.params, key) != value)
+        if differ:
+            raise SystemExit(f"{run.name} ran with other params than row {row!r}: {', '.join(differ)}; "
+                             f"drop it from SAME_RUNS or queue the row (bench/ablation.py queue --rows {row})")
+    return row
+
+
 def group_rows(runs: list[Run]) -> dict[str, list[Run]]:
-    """Row name -> its `abl-<row>-s<seed>` runs, one per seed: a (row, seed) met again (a rerun, or
-    the same experiment under several `--rev`s) replaces the earlier one, so no seed counts twice."""
+    """Row name -> its runs (`row_of`), one per seed: a (row, seed) met again (a rerun, or the same
+    experiment under several `--rev`s) replaces the earlier one, so no seed counts twice."""
     latest: dict[tuple[str, int], Run] = {}
     for run in runs:
-        if run.name.startswith("abl-"):
-            latest[(run.name[4:].rsplit("-s", 1)[0], seed_of(run))] = run
+        row = row_of(run)
+        if row:
+            latest[(row, seed_of(run))] = run
     found: dict[str, list[Run]] = {}
     for (row, _), run in latest.items():
         found.setdefault(row, []).append(run)
@@ -171,17 +201,17 @@ def earlier_rows(path: Path = RESULTS) -> list[dict]:
 def results(found: dict[str, list[Run]], times: dict[str, float], vals: dict[str, float], refs, revs,
             kept: list[dict] | None = None) -> dict:
     """What the report found, as the results file bench/results/ablation.json holds it. A STEPS row is
-    compared with the nearest STEPS row above it that ran; a WITHOUT row with `final`. `kept` (`report
+    compared with the nearest STEPS row above it that ran; any other row with its BASE row. `kept` (`report
     --keep`): rows of the results file before that none of these experiments re-ran, carried over as
     recorded (with the baselines their experiments ran from) and paired with as the row above."""
     here = [git("rev-parse", rev) for rev in revs or ["HEAD"]]
     earlier = {row["name"]: row for row in kept or []}
-    out, previous, without, scores = [], None, {name for name, _, _ in WITHOUT}, {}
+    out, previous, scores = [], None, {}
     for name, label, overrides in rows():
         members = sorted(found.get(name, []), key=seed_of)
         if members:
             scores[name] = {seed_of(m): m.metrics["macro_f1"] for m in members}
-            base_name = "final" if name in without else previous
+            base_name = BASE.get(name, previous)
             base = scores.get(base_name) if base_name else None
             out.append({"name": name, "label": label, "overrides": overrides, "baselines": here,
                         "seeds": [seed_of(m) for m in members], "experiments": [m.name for m in members],
@@ -195,7 +225,7 @@ def results(found: dict[str, list[Run]], times: dict[str, float], vals: dict[str
             scores[name] = dict(zip(earlier[name]["seeds"], earlier[name]["test"]["macro_f1"]["values"]))
         else:
             continue
-        if name not in without:
+        if name not in BASE:
             previous = name
     return {"date": time.strftime("%Y-%m-%d"), "commit": git("rev-parse", "HEAD"),
             "baselines": list(dict.fromkeys(b for row in out for b in row["baselines"])) or here,

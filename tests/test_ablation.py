@@ -1,6 +1,8 @@
 """bench/ablation.py: the rows it queues and what its report reads."""
 
-from bench.ablation import DEFAULT_ROW, REMEDIES, WITHOUT, earlier_rows, group_rows, kept_val_f1, results, rows, table
+import pytest
+
+from bench.ablation import DEFAULT_ROW, DEFAULT_WITHOUT, REMEDIES, WITHOUT, earlier_rows, group_rows, kept_val_f1, results, rows, table
 from stages.common import read_params
 from tools.grid import Run
 
@@ -34,6 +36,35 @@ def test_each_leave_one_out_row_is_the_default_with_only_its_remedy_undone():
         assert differs == set(change) and differs, name  # a no-op change would compare the default with itself
     assert {name for name, _, _ in WITHOUT} >= {"no-swa", "no-backtrans", "plain-mpnet"}
     assert {key: built["plain-mpnet"][key] for key in REMEDIES} == {key: built["plain-ce"][key] for key in REMEDIES}
+
+
+def test_todays_leave_one_out_rows_undo_one_remedy_of_todays_default_and_pair_with_it():
+    built = dict((name, overrides) for name, _, overrides in rows())
+    default = built[DEFAULT_ROW]
+    assert {k for k in default if default[k] != built["no-backtrans"][k]} == {"model.truncation", "train.sub_batches"}
+    for name, _, change in DEFAULT_WITHOUT:
+        assert {key for key in default if built[name][key] != default[key]} == set(change), name
+    runs = [run("abl-default-s42", 0.64), run("abl-default-no-swa-s42", 0.60), run("abl-default-no-swa-s43", 0.5),
+            run("abl-default-s43", 0.62), run("abl-no-backtrans-s42", 0.61), run("abl-no-backtrans-s43", 0.60)]
+    res = {r["name"]: r for r in results(group_rows(runs), {}, {}, [], [])["rows"]}
+    assert res["default-no-swa"]["vs_row"] == "default" and res["default"]["vs_row"] == "no-backtrans"
+    assert abs(res["default-no-swa"]["vs_previous"]["mean"] - -0.08) < 1e-12
+
+
+def test_runs_of_another_bench_count_for_a_row_only_with_the_rows_exact_params():
+    default = dict((name, overrides) for name, _, overrides in rows())[DEFAULT_ROW]
+    nested: dict = {}
+    for key, value in default.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    same = Run("enc-head-tail-s43", nested, run("x", 0.6).metrics)
+    assert [r.name for r in group_rows([same])[DEFAULT_ROW]] == ["enc-head-tail-s43"]
+    nested["model"]["truncation"] = "head"
+    with pytest.raises(SystemExit, match="model.truncation"):
+        group_rows([same])
 
 
 def test_a_leave_one_out_row_is_paired_with_the_default_not_with_the_row_above():
