@@ -3,7 +3,7 @@
 Each row of STEPS adds one remedy to a plain cross-entropy fine-tune, ending at the mpnet defaults of
 2026-12-04 (row `final`; every row pins each key a later row or default changes, so rows queued today
 still run as they ran: each batch padded whole, long reviews cut after their beginning, no temperature);
-each row of WITHOUT is `final` less one remedy (leave one out), compared with it on the same seeds.
+each row of WITHOUT (rows in bench/ablation_rows.py) is `final` less one remedy (leave one out), compared with it on the same seeds.
 Row `default` is params.yaml's default today (`final` without back-translation, with head-and-tail
 truncation and sub-batches), compared with `no-backtrans`, the default it replaced; each row of
 DEFAULT_WITHOUT is `default` less one remedy, compared with `default`. Every row runs for each seed
@@ -27,81 +27,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.ablation_rows import BASE, SAME_RUNS, rows  # noqa: E402
 from bench.record import git  # noqa: E402
 from bench.references import flatten_test, references  # noqa: E402
 from stages.common import ROOT, save_png, workspace_root, write_text  # noqa: E402
 from tools.grid import Run, cell, dotted, exp_show, mean_std, runs_from_exp_show  # noqa: E402
 
-PLAIN = {"loss.gamma": 0, "alpha.method": "none", "loss.label_smoothing": 0, "train.swa.enabled": False,
-         "augment.enabled": False, "tokenizer.max_new_tokens": 0, "train.max_epochs": 6, "train.swa.start_epoch": 3,
-         "pretrain.enabled": False, "pretrain.epochs": 3,
-         # the encoder and schedule every row up to minilm-final ran with (MiniLM's, patience from epoch 1)
-         "model.name": "bundled-minilm", "model.freeze_layers": 0, "train.learning_rate": 5e-5,
-         "train.patience_from": "first_epoch",
-         # defaults since 2026-12-07 that no row before `default` ran with
-         "model.truncation": "head", "train.sub_batches": 1, "train.temperature_scaling": False}
-# Cumulative: each row is the previous one plus one remedy; the last is params.yaml's default.
-# PLAIN pins every key a row changes, so rows queued after a default changes still run as before.
-STEPS = [
-    ("plain-ce", "plain CE fine-tune", {}),
-    ("weights", "+ class weights (alpha inverse)", {"alpha.method": "inverse"}),
-    ("focal", "+ focal loss (gamma 2)", {"loss.gamma": 2}),
-    ("smoothing", "+ label smoothing 0.1", {"loss.label_smoothing": 0.1}),
-    ("swa", "+ SWA", {"train.swa.enabled": True}),
-    ("backtrans", "+ back-translation", {"augment.enabled": True}),
-    ("tokenizer", "+ extended tokenizer (the first default)", {"tokenizer.max_new_tokens": 200}),
-    # Chosen on validation over 8 train/val splits (bench/choose.py): focal gamma 2 -> 0, 10 epochs, SWA from 4;
-    # the candidates were picked after this ablation's test rows had been seen (BENCHMARKS.md, "Choosing").
-    ("minilm-final", "gamma 0, 10 epochs, SWA from 4 (the MiniLM defaults before)",
-     {"loss.gamma": 0, "train.max_epochs": 10, "train.swa.start_epoch": 4}),
-    # Chosen on held-out rows (validation over 3 seeds, out-of-fold over 599 reviews; BENCHMARKS.md, "Encoders"
-    # and "Cross-fitting"): mpnet with 8 of 12 layers frozen, a peak LR of 1e-4, 6 epochs, SWA from 3.
-    ("final", "the default: + mpnet, 8 of 12 layers frozen, short schedule",
-     {"model.name": "bundled-mpnet", "model.freeze_layers": 8, "train.learning_rate": 1e-4, "train.max_epochs": 6,
-      "train.swa.start_epoch": 3}),
-    # Task-adaptive masked-LM pretraining on the train texts (stages/pretrain.py), on top of the default.
-    ("tapt", "+ masked-LM pretraining (TAPT), 3 epochs", {"pretrain.enabled": True}),
-    ("tapt10", "+ TAPT for 10 epochs instead", {"pretrain.epochs": 10}),
-]
-# Leave one out on the default: what each remedy is worth on the encoder and schedule users now get.
-LEAVE_ONE_OUT = [
-    ("no-swa", "default without SWA", {"train.swa.enabled": False}),
-    ("no-backtrans", "default without back-translation", {"augment.enabled": False}),
-    ("no-weights", "default without class weights (alpha none)", {"alpha.method": "none"}),
-    ("no-smoothing", "default without label smoothing", {"loss.label_smoothing": 0}),
-    ("no-tokenizer", "default without the extended tokenizer", {"tokenizer.max_new_tokens": 0}),
-]
-REMEDIES = {key: value for _, _, change in LEAVE_ONE_OUT for key, value in change.items()}  # all five undone
-WITHOUT = LEAVE_ONE_OUT + [
-    ("plain-mpnet", "default without weights, smoothing, SWA, back-translation, tokenizer (plain CE)", REMEDIES),
-]
-# params.yaml's default since 2026-12-07: `final` without back-translation (chosen out of fold, BENCHMARKS.md,
-# "Cross-fitting"), long reviews cut to their head and tail, batches run as 4 sub-batches of similar lengths.
-DEFAULT_ROW = "default"
-TODAY = ("default", "the default today: no back-translation, head and tail, sub-batches",
-         {"augment.enabled": False, "model.truncation": "head_tail", "train.sub_batches": 4})
-DEFAULT_WITHOUT = [(f"default-{name}", f"default today {label[len('default '):]}", change)
-                   for name, label, change in LEAVE_ONE_OUT if name != "no-backtrans"]
-# The row each row is compared with; a row not here is compared with the STEPS row above it.
-BASE = {**{name: "final" for name, _, _ in WITHOUT}, DEFAULT_ROW: "no-backtrans",
-        **{name: DEFAULT_ROW for name, _, _ in DEFAULT_WITHOUT}}
-# Experiments bench/encoder.py ran with a row's exact params (its `default` profile in bench/results/crossfit.json,
-# named before that profile's rename): they are that row's runs, not trained twice. The report checks the params.
-SAME_RUNS = {"enc-head-tail": DEFAULT_ROW}
+RECORDED = ROOT / "bench/results/crossfit.json"
 RESULTS = ROOT / "bench/results/ablation.json"
 COLUMNS = [("macro_f1", "test macro-F1"), ("accuracy", "accuracy"), ("neutral_f1", "neutral F1"), ("ece", "ECE")]
-
-
-def rows() -> list[tuple[str, str, dict]]:
-    """(name, label, full overrides) per row: cumulative over STEPS, then WITHOUT's changes to `final`."""
-    out, current = [], dict(PLAIN)
-    for name, label, change in STEPS:
-        current = {**current, **change}
-        out.append((name, label, dict(current)))
-    final = next(overrides for name, _, overrides in out if name == "final")
-    default = {**final, **TODAY[2]}
-    return (out + [(name, label, {**final, **change}) for name, label, change in WITHOUT] + [(*TODAY[:2], default)]
-            + [(name, label, {**default, **change}) for name, label, change in DEFAULT_WITHOUT])
 
 
 def queue(seeds: list[int], only: list[str] | None = None) -> None:
@@ -156,6 +90,31 @@ def row_of(run: Run) -> str | None:
             raise SystemExit(f"{run.name} ran with other params than row {row!r}: {', '.join(differ)}; "
                              f"drop it from SAME_RUNS or queue the row (bench/ablation.py queue --rows {row})")
     return row
+
+
+def recorded_runs(path: Path = RECORDED) -> tuple[list[Run], dict[str, float], dict[str, float]]:
+    """bench/encoder.py's records of SAME_RUNS experiments, as Runs with the params they ran with (the
+    commit's params.yaml plus their `-S` overrides), and their validation macro-F1 and train time by name."""
+    import yaml
+
+    runs, vals, times = [], {}, {}
+    for rec in json.loads(path.read_text()) if path.exists() else []:
+        name = rec["command"].split(" -n ", 1)[1].split()[0]
+        if name.rsplit("-s", 1)[0] not in SAME_RUNS:
+            continue
+        params = yaml.safe_load(git("show", f"{rec['commit']}:params.yaml", check=True))
+        for override in rec["overrides"]:
+            key, value = override.split("=", 1)
+            *parents, leaf = key.split(".")
+            node = params
+            for part in parents:
+                node = node[part]
+            node[leaf] = yaml.safe_load(value)
+        metrics = {"macro_f1": rec["test_macro_f1"], "accuracy": rec["test_accuracy"], "ece": rec["test_ece"],
+                   "per_class": {"neutral": {"f1": rec["test_neutral_f1"]}}}
+        runs.append(Run(name, params, metrics))
+        vals[name], times[name] = rec["val_macro_f1"], rec["train_wall_s"]
+    return runs, vals, times
 
 
 def group_rows(runs: list[Run]) -> dict[str, list[Run]]:
@@ -221,7 +180,7 @@ def results(found: dict[str, list[Run]], times: dict[str, float], vals: dict[str
                         "vs_row": base_name if base else None,
                         "vs_previous": paired_vs(scores[name], base) if base else None})
         elif name in earlier:
-            out.append(earlier[name])
+            out.append({**earlier[name], "label": label})  # as recorded, under today's label
             scores[name] = dict(zip(earlier[name]["seeds"], earlier[name]["test"]["macro_f1"]["values"]))
         else:
             continue
@@ -288,12 +247,13 @@ def report(revs: list[str], keep: bool = False) -> str:
     the committed results file they did not re-run when `keep`, written to bench/results/ablation.{json,md}
     and plots/ablation/; returns the table."""
     shown = [exp_show(ROOT, rev) for rev in revs or [None]]
-    runs = [run for rows_of_rev in shown for run in runs_from_exp_show(rows_of_rev, dedupe=False)]
+    recorded, vals, times = recorded_runs()  # first: an experiment of the same name below replaces its record
+    runs = recorded + [run for rows_of_rev in shown for run in runs_from_exp_show(rows_of_rev, dedupe=False)]
     found, kept = group_rows(runs), earlier_rows() if keep else None
     seeds = sorted({seed_of(r) for group in found.values() for r in group}
                    | {s for row in kept or [] for s in row["seeds"]}) or [42]
-    res = results(found, train_times(), {k: v for one in shown for k, v in kept_val_f1(one).items()},
-                  references(seeds), revs, kept)
+    vals.update({name: f1 for one in shown for name, f1 in kept_val_f1(one).items()})
+    res = results(found, {**times, **train_times()}, vals, references(seeds), revs, kept)
     figure(res, ROOT / "plots/ablation/macro_f1.png")
     save(res)
     return table(res)

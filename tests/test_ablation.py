@@ -2,7 +2,8 @@
 
 import pytest
 
-from bench.ablation import DEFAULT_ROW, DEFAULT_WITHOUT, REMEDIES, WITHOUT, earlier_rows, group_rows, kept_val_f1, results, rows, table
+from bench.ablation import earlier_rows, group_rows, kept_val_f1, results, table
+from bench.ablation_rows import DEFAULT_ROW, DEFAULT_WITHOUT, REMEDIES, WITHOUT, rows
 from stages.common import read_params
 from tools.grid import Run
 
@@ -99,7 +100,7 @@ def test_a_repeated_row_and_seed_counts_once_keeping_the_last_run():
             run("abl-final-s42", 0.60), run("not-ablation", 0.1)]
     found = group_rows(runs)
     assert [m.metrics["macro_f1"] for m in found["final"]] == [0.60, 0.70] and set(found) == {"final"}
-    line = next(x for x in table(results(found, {}, {}, [], [])).splitlines() if x.startswith("| the default: + mpnet, 8 of 12 layers frozen"))
+    line = next(x for x in table(results(found, {}, {}, [], [])).splitlines() if x.startswith("| + mpnet, 8 of 12 layers frozen"))
     assert line.split(" | ")[1] == "2"  # distinct seeds, not 4 runs
     assert "0.650 ± 0.071" in line  # mean of 0.60 and 0.70 only
 
@@ -140,8 +141,36 @@ def test_kept_rows_carry_over_pair_with_new_rows_and_are_replaced_by_a_rerun(tmp
     by = {r["name"]: r for r in res["rows"]}
     assert list(by) == ["final", "no-swa", "no-weights"]
     assert by["final"] == kept[0]  # carried over as recorded
+    relabelled = results({}, {}, {}, [], [], [{**kept[0], "label": "old label"}])["rows"][0]
+    assert relabelled == kept[0]  # under the row's label today
     assert by["no-swa"]["test"]["macro_f1"]["values"] == [0.40, 0.40]  # the re-run, not the kept row
     vs = by["no-weights"]["vs_previous"]  # -0.10 and +0.04 against the kept default's seeds
     assert by["no-weights"]["vs_row"] == "final" and abs(vs["mean"] - -0.03) < 1e-12 and vs["better"] == 1
     assert res["baselines"][0] == "a" * 40 and len(res["baselines"]) == 2 and res["command"].endswith("--keep")
     assert earlier_rows(tmp_path / "missing.json") == []
+
+
+def test_recorded_runs_rebuild_the_params_each_record_ran_with_and_count_for_their_row(tmp_path):
+    import json
+
+    from bench.ablation import recorded_runs
+    from bench.record import git
+
+    def record(name, overrides, f1):
+        return {"command": f"dvc exp run --force -n {name} " + " ".join(f"-S {o}" for o in overrides),
+                "commit": git("rev-parse", "HEAD"), "overrides": overrides, "test_macro_f1": f1,
+                "test_accuracy": 0.8, "test_ece": 0.08, "test_neutral_f1": 0.28, "val_macro_f1": 0.6,
+                "train_wall_s": 480.0}
+
+    path = tmp_path / "crossfit.json"
+    path.write_text(json.dumps([record("enc-head-tail-s43", ["seed=43", "train.swa.enabled=false"], 0.62),
+                                record("enc-folds3-s43", ["seed=43"], 0.5)]))
+    runs, vals, times = recorded_runs(path)
+    assert [r.name for r in runs] == ["enc-head-tail-s43"]  # not a SAME_RUNS experiment: skipped
+    assert runs[0].params["seed"] == 43 and runs[0].params["train"]["swa"]["enabled"] is False
+    assert runs[0].metrics["per_class"]["neutral"]["f1"] == 0.28
+    assert vals == {"enc-head-tail-s43": 0.6} and times == {"enc-head-tail-s43": 480.0}
+    with pytest.raises(SystemExit, match="train.swa.enabled"):  # an override the row does not have
+        group_rows(runs)
+    path.write_text(json.dumps([record("enc-head-tail-s43", ["seed=43"], 0.62)]))
+    assert [r.metrics["macro_f1"] for r in group_rows(recorded_runs(path)[0])[DEFAULT_ROW]] == [0.62]
