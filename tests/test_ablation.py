@@ -174,3 +174,9 @@ def test_recorded_runs_rebuild_the_params_each_record_ran_with_and_count_for_the
         group_rows(runs)
     path.write_text(json.dumps([record("enc-head-tail-s43", ["seed=43"], 0.62)]))
     assert [r.metrics["macro_f1"] for r in group_rows(recorded_runs(path)[0])[DEFAULT_ROW]] == [0.62]
+
+
+def test_the_pr_report_reads_the_seed_spread_of_the_row_that_is_params_yaml_default():
+    from tools.report import ABLATION_ROW
+
+    assert ABLATION_ROW == DEFAULT_ROW

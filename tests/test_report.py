@@ -114,13 +114,15 @@ def test_delta_column_marks_direction_only_for_quality_metrics():
 
 
 def _ablation(root: Path, final_seeds=(42, 43, 44), macro_std=0.026, neutral_std=0.001) -> None:
-    """bench/results/ablation.json as bench/ablation.py writes it, with a `final` row of known spread."""
+    """bench/results/ablation.json as bench/ablation.py writes it, with a `default` row of known spread
+    (and the 12-04 default's row `final`, whose spread the report must not read)."""
     def stat(std: float, n: int) -> dict:
         return {"mean": 0.5, "std": std, "values": [0.5] * n}
 
     n = len(final_seeds)
     rows = [{"name": "plain-ce", "seeds": [42, 43, 44], "test": {"macro_f1": stat(0.5, 3)}},
-            {"name": "final", "label": "default", "seeds": list(final_seeds),
+            {"name": "final", "seeds": [42, 43, 44], "test": {"macro_f1": stat(0.9, 3)}},
+            {"name": "default", "label": "default", "seeds": list(final_seeds),
              "test": {"macro_f1": stat(macro_std, n), "accuracy": stat(0.02, n), "neutral_f1": stat(neutral_std, n),
                       "ece": stat(0.01, n)}, "val_macro_f1": stat(0.03, n)}]
     path = root / report.ABLATION
@@ -161,7 +163,7 @@ def test_within_seed_noise_means_at_most_two_root_two_sigma():
     assert report.spread_cell(Change("m", "macro_f1", 0.5, 0.6), None) == "no spread measured"
 
 
-def test_seed_spread_needs_a_final_row_over_two_seeds(tmp_path):
+def test_seed_spread_needs_a_default_row_over_two_seeds(tmp_path):
     assert report.seed_spread(tmp_path) is None  # no file
     _ablation(tmp_path, final_seeds=(42,))
     assert report.seed_spread(tmp_path) is None  # one seed measures no spread
@@ -172,5 +174,5 @@ def test_seed_spread_needs_a_final_row_over_two_seeds(tmp_path):
     _ablation(tmp_path, neutral_std=0.0)  # the same neutral F1 on every seed gives no yardstick to divide by
     assert "per_class.neutral.f1" not in report.seed_spread(tmp_path)["std"]
     path = tmp_path / report.ABLATION
-    path.write_text(path.read_text().replace('"final"', '"tapt"'))
+    path.write_text(path.read_text().replace('"default"', '"tapt"'))
     assert report.seed_spread(tmp_path) is None  # the default's row is the one that counts

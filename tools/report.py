@@ -9,7 +9,7 @@ workspace is clean and `HEAD` when tracked files have uncommitted changes (e.g. 
 clone the base is fetched when possible, and the report says so plainly when it is not.
 
 Each test-metric delta is also given in units of that metric's seed-to-seed std (sigma) on the
-default params (row `final` of bench/results/ablation.json): two runs differing only in seed
+default params (row `default` of bench/results/ablation.json): two runs differing only in seed
 differ with std sqrt(2) sigma, so |delta| <= 2 sqrt(2) sigma is "within seed noise" (~95% of
 such pairs). Without that file the column says "no spread measured".
 
@@ -42,7 +42,8 @@ DIRECTION = {**dict.fromkeys(("accuracy", "macro_f1", "weighted_f1", "f1", "prec
                               "val_accuracy", "val_macro_f1"), True),
              **dict.fromkeys(("ece", "ce_loss", "loss", "val_loss", "val_ce_loss"), False)}
 PLOTS = ("plots/train/history.png", "plots/evaluate/confusion.png")
-ABLATION = "bench/results/ablation.json"  # its row `final` is params.yaml's default over seeds
+ABLATION = "bench/results/ablation.json"
+ABLATION_ROW = "default"  # params.yaml's default over seeds (bench/ablation_rows.py, DEFAULT_ROW)
 NOISE = 2 * math.sqrt(2)  # |delta| within this many sigma: what two seeds alone give ~95% of the time
 NO_SPREAD = "no spread measured"
 
@@ -102,7 +103,7 @@ def spread_cell(change: Change, std: float | None) -> str:
 
 def spread_note(spread: dict | None) -> str:
     if spread is None:
-        return f"_Seed spread: {NO_SPREAD} (no `{ABLATION}` with a `final` row over 2+ seeds)._"
+        return f"_Seed spread: {NO_SPREAD} (no `{ABLATION}` with a `{ABLATION_ROW}` row over 2+ seeds)._"
     return (f"_σ: seed-to-seed std of the default params over seeds {', '.join(map(str, spread['seeds']))} "
             f"(`{ABLATION}`, commit {spread['commit']}). Within seed noise: |Δ| ≤ 2√2 σ, what two runs "
             "differing only in seed give about 95% of the time._")
@@ -185,10 +186,10 @@ def render(title: str, params_diff: dict, metrics_diff: dict, plots: list[str],
 
 def seed_spread(root: Path) -> dict | None:
     """{"std": {metric key of metrics/evaluate.json: sigma}, "seeds", "commit"} of the ablation's
-    `final` row (the default params over seeds); None when the file, the row or 2+ seeds are missing."""
+    ABLATION_ROW row (the default params over seeds); None when the file, the row or 2+ seeds are missing."""
     path = root / ABLATION
     res = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    row = next((r for r in res.get("rows", []) if r.get("name") == "final"), {})
+    row = next((r for r in res.get("rows", []) if r.get("name") == ABLATION_ROW), {})
     # ablation names per-class F1 `<class>_f1`; identical values on every seed give no yardstick
     std = {key if key in HEADLINE else f"per_class.{key.removesuffix('_f1')}.f1": stat["std"]
            for key, stat in row.get("test", {}).items()
