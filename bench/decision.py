@@ -8,8 +8,10 @@ biases tuned on the other 4), for runs that bench/encoder.py made in REPO: each 
 experiment (the `-n` name of its command, under its commit) has its models/train/heldout.json in REPO's DVC
 cache. The test split is not read.
 
-Run: python bench/decision.py REPO [--results crossfit --results encoder]
+Run: python bench/decision.py REPO [--results crossfit --results encoder] [--keep]
      -> bench/results/decision.{json,md}
+`--keep` carries over the committed rows REPO no longer has the experiments for, under the profile names
+the results files use today.
 """
 
 from __future__ import annotations
@@ -35,10 +37,26 @@ from stages.evaluate import cross_validated_bias_macro_f1, macro_f1_with_bias  #
 HALF_WIDTH = 2.0  # params.yaml's evaluate.bias_search, under which the runs' bias_tuned rows were made
 
 
+def experiment(row: dict) -> str:
+    """A results row's experiment name as it ran (`-n` of its command; profiles get renamed since)."""
+    return re.search(r" -n (\S+)", row["command"]).group(1)
+
+
+def profile_now(row: dict, results: list[dict]) -> str:
+    """The profile the results files call a decision row's run today: that of the results row of its
+    experiment (or, for rows that predate recording it, the only results row of its commit and seed)."""
+    same = [r for r in results if r["commit"] == row["commit"] and r["seed"] == row["seed"]]
+    if "experiment" in row:
+        same = [r for r in same if experiment(r) == row["experiment"]]
+    elif any(r["profile"] == row["profile"] for r in same):
+        return row["profile"]
+    return same[0]["profile"] if len(same) == 1 else row["profile"]
+
+
 def cached_model_files(repo: Path, row: dict, *relpaths: str) -> list[dict] | None:
     """models/train/RELPATH (json) for each RELPATH of a results row's experiment, from REPO's DVC cache
     (its dvc.lock read once); None if the experiment or its cached model is gone."""
-    name = re.search(r" -n (\S+)", row["command"]).group(1)  # the experiment's name as run (profiles get renamed)
+    name = experiment(row)
     ref = f"refs/exps/{row['commit'][:2]}/{row['commit'][2:]}/{name}"
     lock = subprocess.run(["git", "show", f"{ref}:dvc.lock"], cwd=repo, capture_output=True, text=True)
     if lock.returncode:
@@ -85,21 +103,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("repo", type=Path)
     parser.add_argument("--results", action="append", default=[], help="bench/results/NAME.json (crossfit, encoder)")
+    parser.add_argument("--keep", action="store_true", help="carry over committed rows REPO has no experiment for")
     args = parser.parse_args()
     meta, found, missing = start(), {}, []
-    for name in args.results or ["crossfit", "encoder"]:
-        for row in json.loads((ROOT / f"bench/results/{name}.json").read_text()):
-            files = cached_model_files(args.repo.resolve(), row, "heldout.json", "pipeline.json")
-            if files is None:
-                missing.append(f"{row['profile']}-s{row['seed']}")
-                continue
-            heldout, labels = files[0], files[1]["labels"]
-            folds = len(row["epochs_run"])
-            # a (profile, seed) run again counts once, as in bench/encoder.py's tables: the last run
-            found[row["profile"], row["seed"]] = {
-                "profile": row["profile"], "seed": row["seed"], "commit": row["commit"], "folds": folds,
-                "n_train": row.get("n_train"), "n_val": row.get("n_val"), **score(heldout, labels)}
+    results = [row for name in args.results or ["crossfit", "encoder"]
+               for row in json.loads((ROOT / f"bench/results/{name}.json").read_text())]
+    committed = ROOT / "bench/results/decision.json"
+    for row in json.loads(committed.read_text())["rows"] if args.keep and committed.exists() else []:
+        row = {**row, "profile": profile_now(row, results)}
+        found[row["profile"], row["seed"]] = row
+    for row in results:
+        files = cached_model_files(args.repo.resolve(), row, "heldout.json", "pipeline.json")
+        if files is None:
+            missing.append((row["profile"], row["seed"]))
+            continue
+        heldout, labels = files[0], files[1]["labels"]
+        # a (profile, seed) run again counts once, as in bench/encoder.py's tables: the last run
+        found[row["profile"], row["seed"]] = {
+            "profile": row["profile"], "seed": row["seed"], "commit": row["commit"], "experiment": experiment(row),
+            "folds": len(row["epochs_run"]), "n_train": row.get("n_train"), "n_val": row.get("n_val"),
+            **score(heldout, labels)}
     rows = list(found.values())
+    missing = [f"{profile}-s{seed}" for profile, seed in dict.fromkeys(missing) if (profile, seed) not in found]
     if missing:
         print(f"decision: not in {args.repo}'s experiments or DVC cache, skipped: {', '.join(missing)}")
     text = table(rows)

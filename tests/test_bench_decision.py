@@ -78,3 +78,15 @@ def test_fold_rows_without_recorded_split_sizes_still_get_the_k_fold_correction(
     d3 = np.array([0.1, 0.0])
     line = decision.table(rows).splitlines()[2]
     assert line.endswith(f"| +0.050 ± {d3.std(ddof=1) / np.sqrt(2) * np.sqrt(1 + 2 * 1 / 2):.3f} (1/2) |")
+
+
+def test_kept_rows_take_the_profile_name_the_results_files_use_today():
+    results = [{"profile": "backtrans", "seed": 42, "commit": "c1", "command": "dvc exp run --force -n enc-default-s42"},
+               {"profile": "a", "seed": 42, "commit": "c2", "command": "dvc exp run --force -n enc-a-s42"},
+               {"profile": "b", "seed": 42, "commit": "c2", "command": "dvc exp run --force -n enc-b-s42"},
+               {"profile": "default", "seed": 43, "commit": "c3", "command": "dvc exp run --force -n enc-head-tail-s43"}]
+    assert decision.profile_now({"profile": "default", "seed": 42, "commit": "c1"}, results) == "backtrans"  # renamed
+    assert decision.profile_now({"profile": "b", "seed": 42, "commit": "c2"}, results) == "b"  # still its name
+    assert decision.profile_now({"profile": "gone", "seed": 42, "commit": "c2"}, results) == "gone"  # ambiguous
+    row = {"profile": "head-tail", "seed": 43, "commit": "c3", "experiment": "enc-head-tail-s43"}
+    assert decision.profile_now(row, results) == "default"  # found by its experiment
