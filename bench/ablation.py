@@ -1,15 +1,16 @@
 """Ablation of the remedies, through the pipeline itself, over seeds.
 
-Each row of STEPS adds one remedy to a plain cross-entropy fine-tune, ending at the mpnet defaults of
-2026-12-04 (row `final`; every row pins each key a later row or default changes, so rows queued today
-still run as they ran: each batch padded whole, long reviews cut after their beginning, no temperature);
-each row of WITHOUT (rows in bench/ablation_rows.py) is `final` less one remedy (leave one out), compared with it on the same seeds.
-Row `default` is params.yaml's default today (`final` without back-translation, with head-and-tail
-truncation and sub-batches), compared with `no-backtrans`, the default it replaced; each row of
-DEFAULT_WITHOUT is `default` less one remedy, compared with `default`. Every row runs for each seed
-as a named DVC experiment (`abl-<row>-s<seed>`), queued and run one at a time. The report reads the
-finished experiments (`dvc exp show --json`) and the train times their `log` stage sent to MLflow,
-and prints mean +- std over seeds, next to the majority-class and TF-IDF + logistic-regression
+Each row of STEPS adds one remedy to a plain cross-entropy fine-tune, ending at the mpnet defaults
+of 2026-12-04 (row `final`; every row pins each key a later row or default changes, so rows queued
+today still run as they ran: each batch padded whole, long reviews cut after their beginning, no
+temperature); each row of WITHOUT is `final` less one remedy (leave one out), compared with it on
+the same seeds. Row `default` is params.yaml's default today (`final` without back-translation,
+with head-and-tail truncation and sub-batches), compared with `no-backtrans`, the default it
+replaced; each row of DEFAULT_WITHOUT is `default` less one remedy, compared with `default` (the
+rows: bench/ablation_rows.py). Every row runs for each seed as a named DVC experiment
+(`abl-<row>-s<seed>`), queued and run one at a time. The report reads the finished experiments
+(`dvc exp show --json`) and the train times their `log` stage sent to MLflow, and prints mean +-
+std over seeds, next to the majority-class and TF-IDF + logistic-regression
 references (fitted on the same splits).
 
     python bench/ablation.py queue [--seeds 42 43 44] [--rows final] && dvc queue start -j 1
@@ -28,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ablation_rows import BASE, SAME_RUNS, rows  # noqa: E402
-from bench.record import git  # noqa: E402
+from bench.record import experiment, git  # noqa: E402
 from bench.references import flatten_test, references  # noqa: E402
 from stages.common import ROOT, save_png, workspace_root, write_text  # noqa: E402
 from tools.grid import Run, cell, dotted, exp_show, mean_std, runs_from_exp_show  # noqa: E402
@@ -99,7 +100,7 @@ def recorded_runs(path: Path = RECORDED) -> tuple[list[Run], dict[str, float], d
 
     runs, vals, times = [], {}, {}
     for rec in json.loads(path.read_text()) if path.exists() else []:
-        name = rec["command"].split(" -n ", 1)[1].split()[0]
+        name = experiment(rec)
         if name.rsplit("-s", 1)[0] not in SAME_RUNS:
             continue
         params = yaml.safe_load(git("show", f"{rec['commit']}:params.yaml", check=True))
@@ -201,7 +202,7 @@ def fmt(stat: dict, digits: int = 3) -> str:
 def table(res: dict) -> str:
     """The markdown table of a results dict (what README.md and BENCHMARKS.md quote)."""
     lines = ["| row | seeds | val macro-F1 | " + " | ".join(label for _, label in COLUMNS)
-             + " | Δ test macro-F1, paired (vs the row above; a 'default without' row vs the default) | train time (s) |",
+             + " | Δ test macro-F1, paired (vs the row above; a 'without' row vs its default) | train time (s) |",
              "|---|---|---|" + "---|" * len(COLUMNS) + "---|---|"]
     for ref in res["references"]:
         lines.append(f"| {ref['name']} (reference) | {len(ref['test']['macro_f1']['values'])} | — | "

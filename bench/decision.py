@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,16 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.profile_tables import mean_std  # noqa: E402
-from bench.record import start, write  # noqa: E402
+from bench.record import experiment, start, write  # noqa: E402
 from bench.stats import paired, split_sizes  # noqa: E402
 from stages.evaluate import cross_validated_bias_macro_f1, macro_f1_with_bias  # noqa: E402
 
 HALF_WIDTH = 2.0  # params.yaml's evaluate.bias_search, under which the runs' bias_tuned rows were made
-
-
-def experiment(row: dict) -> str:
-    """A results row's experiment name as it ran (`-n` of its command; profiles get renamed since)."""
-    return re.search(r" -n (\S+)", row["command"]).group(1)
 
 
 def profile_now(row: dict, results: list[dict]) -> str:

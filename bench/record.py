@@ -6,7 +6,8 @@ table that tools/tables.py copies into README.md and BENCHMARKS.md. `start()` be
 `write()` after: a run's load is only known once it has ended.
 
 Used by: bench/train_throughput.py, backtranslate.py, bigdata.py, dvc_timing.py, stage_resources.py,
-mutation.py; `git()` also by ablation.py, choose.py and predict_memory.py.
+mutation.py; `git()` also by ablation.py, choose.py and predict_memory.py; `experiment()` by
+ablation.py and decision.py (the runs bench/encoder.py recorded).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -22,6 +24,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench/results"
 SHARED_LOAD = 1.0  # a 1-minute load average above this: something else used the CPU during the run
+
+
+def experiment(row: dict) -> str:
+    """The DVC experiment name a bench/encoder.py results row ran as (`-n` of its command; profiles get
+    renamed since, experiments do not)."""
+    return re.search(r" -n (\S+)", row["command"]).group(1)
 
 
 def cpu_name() -> str:

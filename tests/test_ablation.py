@@ -100,7 +100,8 @@ def test_a_repeated_row_and_seed_counts_once_keeping_the_last_run():
             run("abl-final-s42", 0.60), run("not-ablation", 0.1)]
     found = group_rows(runs)
     assert [m.metrics["macro_f1"] for m in found["final"]] == [0.60, 0.70] and set(found) == {"final"}
-    line = next(x for x in table(results(found, {}, {}, [], [])).splitlines() if x.startswith("| + mpnet, 8 of 12 layers frozen"))
+    lines = table(results(found, {}, {}, [], [])).splitlines()
+    line = next(x for x in lines if x.startswith("| + mpnet, 8 of 12 layers frozen"))
     assert line.split(" | ")[1] == "2"  # distinct seeds, not 4 runs
     assert "0.650 ± 0.071" in line  # mean of 0.60 and 0.70 only
 

@@ -81,10 +81,11 @@ def test_fold_rows_without_recorded_split_sizes_still_get_the_k_fold_correction(
 
 
 def test_kept_rows_take_the_profile_name_the_results_files_use_today():
-    results = [{"profile": "backtrans", "seed": 42, "commit": "c1", "command": "dvc exp run --force -n enc-default-s42"},
-               {"profile": "a", "seed": 42, "commit": "c2", "command": "dvc exp run --force -n enc-a-s42"},
-               {"profile": "b", "seed": 42, "commit": "c2", "command": "dvc exp run --force -n enc-b-s42"},
-               {"profile": "default", "seed": 43, "commit": "c3", "command": "dvc exp run --force -n enc-head-tail-s43"}]
+    def ran(profile, seed, commit, name):
+        return {"profile": profile, "seed": seed, "commit": commit, "command": f"dvc exp run --force -n {name}"}
+
+    results = [ran("backtrans", 42, "c1", "enc-default-s42"), ran("a", 42, "c2", "enc-a-s42"),
+               ran("b", 42, "c2", "enc-b-s42"), ran("default", 43, "c3", "enc-head-tail-s43")]
     assert decision.profile_now({"profile": "default", "seed": 42, "commit": "c1"}, results) == "backtrans"  # renamed
     assert decision.profile_now({"profile": "b", "seed": 42, "commit": "c2"}, results) == "b"  # still its name
     assert decision.profile_now({"profile": "gone", "seed": 42, "commit": "c2"}, results) == "gone"  # ambiguous
