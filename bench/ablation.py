@@ -232,7 +232,7 @@ def figure(res: dict, path: Path) -> None:
 
     labels = [f"{r['name']} (ref)" for r in res["references"]] + [row["label"] for row in res["rows"]]
     stats = [(r["test"]["macro_f1"]["mean"], r["test"]["macro_f1"]["std"]) for r in res["references"] + res["rows"]]
-    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * len(labels)), dpi=100)
+    fig, ax = plt.subplots(figsize=(12, 0.5 + 0.45 * len(labels)), dpi=100)
     ys = range(len(labels))[::-1]
     ax.barh(list(ys), [s[0] for s in stats], xerr=[s[1] for s in stats], capsize=3,
             color=["0.6"] * len(res["references"]) + ["tab:blue"] * len(res["rows"]))
