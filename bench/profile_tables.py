@@ -77,7 +77,8 @@ def vs_default(seeds: dict[int, dict], default: dict[int, dict]) -> str:
 HELDOUT_PAIR = {"folds3-noswa": "folds3", "folds3-nobacktrans": "folds3", "folds5": "folds3",
                 "patience-swa-start": "head", "ordinal": "head", "minilm-ordinal": "minilm",
                 "backtrans": "head", "padded": "head",
-                "head": "default", "folds3-head-tail": "folds3-nobacktrans"}
+                "head": "default", "folds3-head-tail": "folds3-nobacktrans",
+                "folds3-no-tokenizer": "folds3-head-tail", "folds3-no-smoothing": "folds3-head-tail"}
 
 
 def vs_heldout_pair(seeds: dict[int, dict], pair: dict[int, dict]) -> str:

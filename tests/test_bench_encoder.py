@@ -137,8 +137,8 @@ def test_profiles_other_than_the_defaults_plus_one_change_pin_what_they_need():
 def test_profiles_measured_while_back_translation_was_on_by_default_pin_it_on():
     """Their rows ran with augment.enabled true; a re-run under today's default (off) would not reproduce them."""
     for name, sets in encoder.PROFILES.items():
-        if name not in ("default", "head", "temperature", "padded", "folds3-nobacktrans", "folds3-head-tail") \
-                and not name.startswith("bbcnews"):
+        if name not in ("default", "head", "temperature", "padded", "folds3-nobacktrans", "folds3-head-tail",
+                        "folds3-no-tokenizer", "folds3-no-smoothing") and not name.startswith("bbcnews"):
             assert encoder.BT in sets, name
     assert "augment.enabled=false" in encoder.PROFILES["folds3-nobacktrans"]
 
@@ -162,6 +162,16 @@ def test_profiles_measured_before_head_tail_became_the_default_pin_head():
     assert encoder.HEAD in encoder.PROFILES["head"] and encoder.HEAD in encoder.PROFILES["minilm"]
     assert "model.truncation=head_tail" in encoder.PROFILES["folds3-head-tail"]
     assert encoder.HEAD not in encoder.PROFILES["folds3-head-tail"]
+
+
+def test_the_out_of_fold_candidates_of_the_ablation_change_one_key_of_their_pair():
+    from bench.profile_tables import HELDOUT_PAIR
+
+    for name, change in (("folds3-no-tokenizer", "tokenizer.max_new_tokens=0"),
+                         ("folds3-no-smoothing", "loss.label_smoothing=0")):
+        assert HELDOUT_PAIR[name] == "folds3-head-tail"
+        assert set(encoder.PROFILES[name]) - set(encoder.PROFILES["folds3-head-tail"]) == {change}
+        assert set(encoder.PROFILES["folds3-head-tail"]) <= set(encoder.PROFILES[name])
 
 
 def test_profiles_measured_before_temperature_scaling_pin_it_off():
