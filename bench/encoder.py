@@ -60,6 +60,10 @@ def on(base: list[str], *changes: str) -> list[str]:
     return list(sets.values())
 
 
+# today's defaults under 3 folds, padded whole (folds3-head-tail), and the out-of-fold candidates paired with it
+FOLDS3_HEAD_TAIL = ["train.folds=3", "augment.enabled=false", NO_T, "model.truncation=head_tail"]
+
+
 # name -> `-S` overrides on top of the committed params.yaml (the ones a user would pass)
 PROFILES = {
     "minilm": MINILM,
@@ -106,15 +110,13 @@ PROFILES = {
     "folds3-nobacktrans": ["train.folds=3", "augment.enabled=false", NO_T],
     # head_tail truncation (the defaults' since 2026-12-07) on the out-of-fold signal: folds3-nobacktrans's folds and
     # batches (padded whole, like those rows), so paired with it; the truncation is the one change
-    "folds3-head-tail": ["train.folds=3", "augment.enabled=false", NO_T, "model.truncation=head_tail"],
+    "folds3-head-tail": FOLDS3_HEAD_TAIL,
     # what the ablation of 2026-12-08 showed on test (so not blind to it): the defaults without the extended
     # tokenizer, or without label smoothing, scored as high or higher with a lower ECE, while 90 validation reviews
     # tied; on the out-of-fold signal, each paired with folds3-head-tail (the same folds and batches). Run on
     # 2026-12-08: neither met the rule (out-of-fold macro-F1 >= and CE <=), so neither became the default
-    "folds3-no-tokenizer": ["train.folds=3", "augment.enabled=false", NO_T, "model.truncation=head_tail",
-                            "tokenizer.max_new_tokens=0"],
-    "folds3-no-smoothing": ["train.folds=3", "augment.enabled=false", NO_T, "model.truncation=head_tail",
-                            "loss.label_smoothing=0"],
+    "folds3-no-tokenizer": on(FOLDS3_HEAD_TAIL, "tokenizer.max_new_tokens=0"),
+    "folds3-no-smoothing": on(FOLDS3_HEAD_TAIL, "loss.label_smoothing=0"),
     "refit": ["train.refit=true", BT],
     "ordinal": ["loss.ordinal=[negative,neutral,positive]", BT],
     "minilm-folds3": on(MINILM, "train.folds=3"),
